@@ -1,0 +1,1 @@
+//! QEMU-compatible JSON streaming parser and writer (being written).

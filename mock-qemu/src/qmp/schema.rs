@@ -1,0 +1,1 @@
+//! Schema-driven argument validation (being written).
