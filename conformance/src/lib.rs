@@ -1,1 +1,22 @@
-//! conformance
+//! conformance: scenarios, targets, recording and comparison of QMP transcripts.
+//!
+//! Codemap:
+//! - [`scenario`]: the scenario format (`->` sends, directives).
+//! - [`transcript`]: recorded exchanges (`<-` lines exactly as received).
+//! - [`play`]: plays a scenario over one connection, with sync markers.
+//! - [`target`]: in-process mock, launched programs (mock binary, real QEMU), sockets.
+//! - [`normalize`], [`compare`]: masking run-to-run variation; JSON and byte comparison.
+//! - [`suite`]: where scenarios and golden transcripts live under `fixtures/`.
+//! - [`runner`]: one case against one target, and its report.
+//! - [`record`]: recording golden transcripts and profile data from real QEMU.
+#![warn(missing_docs)]
+
+pub mod compare;
+pub mod normalize;
+pub mod play;
+pub mod record;
+pub mod runner;
+pub mod scenario;
+pub mod suite;
+pub mod target;
+pub mod transcript;

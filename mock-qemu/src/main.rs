@@ -1,1 +1,179 @@
-fn main() {}
+//! `mock-qemu`: the binary. Takes QEMU's command line, serves QMP monitors.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _, Result};
+use mock_qemu::cmdline::{self, Config, Endpoint};
+use mock_qemu::core::{Core, CoreConfig};
+use mock_qemu::model::clock::VirtualTime;
+use mock_qemu::profile::{Flavor, Profile};
+use mock_qemu::server::{Listener, MockQemu};
+use mock_qemu::sys;
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    let prog = cmdline::program_name(argv.first().map_or("mock-qemu", String::as_str));
+    let cfg = match cmdline::parse(&prog, &argv[1..], |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{prog}: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = run(&prog, cfg) {
+        eprintln!("{prog}: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+enum Bound {
+    Unix(std::os::unix::net::UnixListener, Option<PathBuf>),
+    Tcp(std::net::TcpListener),
+}
+
+fn bind(ep: &Endpoint) -> Result<Bound> {
+    Ok(match ep {
+        Endpoint::Unix(path) => {
+            // QEMU replaces a stale socket file.
+            let _ = std::fs::remove_file(path);
+            // bind() creates the file before listen() runs; a client that
+            // connects in between is refused. Bind a private name and rename
+            // it into place, so the path appears only once it accepts.
+            let mut tmp = path.clone().into_os_string();
+            tmp.push(format!(".{}.tmp", std::process::id()));
+            let tmp = PathBuf::from(tmp);
+            let _ = std::fs::remove_file(&tmp);
+            let l = std::os::unix::net::UnixListener::bind(&tmp)
+                .with_context(|| format!("Failed to bind socket to {}", path.display()))?;
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("Failed to bind socket to {}", path.display()))?;
+            Bound::Unix(l, Some(path.clone()))
+        }
+        Endpoint::Tcp { host, port } => {
+            let host = if host.is_empty() {
+                "127.0.0.1"
+            } else {
+                host.as_str()
+            };
+            let l = std::net::TcpListener::bind((host, *port))
+                .with_context(|| format!("Failed to bind socket to {host}:{port}"))?;
+            Bound::Tcp(l)
+        }
+        Endpoint::Fd(fd) => match sys::adopt_listener(*fd)
+            .with_context(|| format!("fd={fd} is not a listening socket"))?
+        {
+            sys::Inherited::Unix(l) => Bound::Unix(l, None),
+            sys::Inherited::Tcp(l) => Bound::Tcp(l),
+        },
+    })
+}
+
+fn print_version(prog: &str, profile: &Profile) {
+    let v = serde_json::Value::from(profile.query_version());
+    let q = &v["qemu"];
+    let pkg = v["package"].as_str().unwrap_or("");
+    let what = match profile.flavor() {
+        Flavor::Qsd => format!("{prog} version"),
+        Flavor::System => "QEMU emulator version".to_owned(),
+    };
+    let pkg = if pkg.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", pkg.trim_start())
+    };
+    println!("{what} {}.{}.{}{pkg}", q["major"], q["minor"], q["micro"]);
+    println!("Copyright (c) 2003-2025 Fabrice Bellard and the QEMU Project developers");
+}
+
+fn run(prog: &str, cfg: Config) -> Result<()> {
+    let profile = Profile::get(cfg.version, cfg.flavor).context("loading the profile")?;
+    if cfg.print_help {
+        println!("usage: {prog} [QEMU options]  (mock-qemu; profile {}; see README for accepted options)", profile.label());
+        return Ok(());
+    }
+    if cfg.print_version {
+        print_version(prog, &profile);
+        return Ok(());
+    }
+    if cfg.monitors.is_empty() && cfg.flavor == Flavor::Qsd {
+        // qemu-storage-daemon with no monitor would serve nothing; QEMU runs anyway.
+    }
+    // Bind before forking so the parent of -daemonize exits only when the monitors listen.
+    let bound: Vec<(Bound, usize)> = cfg
+        .monitors
+        .iter()
+        .map(|m| bind(&m.endpoint).map(|b| (b, cfg.max_clients)))
+        .collect::<Result<_>>()?;
+    let daemon = if cfg.daemonize {
+        Some(sys::daemonize().context("daemonize")?)
+    } else {
+        None
+    };
+    if let Some(pidfile) = &cfg.pidfile {
+        std::fs::write(pidfile, format!("{}\n", std::process::id()))
+            .with_context(|| format!("Cannot open pid file {}", pidfile.display()))?;
+    }
+    if let Some(d) = daemon {
+        d.ready();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let core = Core::new(
+        Arc::clone(&profile),
+        &CoreConfig {
+            epoch: VirtualTime(epoch),
+            start_paused: cfg.start_paused,
+        },
+    );
+    let mock = MockQemu::new(core);
+    let mut cleanup: Vec<PathBuf> = Vec::new();
+    rt.block_on(async {
+        for (b, max) in bound {
+            let l = match b {
+                Bound::Unix(l, path) => {
+                    l.set_nonblocking(true)?;
+                    if let Some(p) = &path {
+                        cleanup.push(p.clone());
+                    }
+                    Listener::Unix(tokio::net::UnixListener::from_std(l)?, path)
+                }
+                Bound::Tcp(l) => {
+                    l.set_nonblocking(true)?;
+                    Listener::Tcp(tokio::net::TcpListener::from_std(l)?)
+                }
+            };
+            let m = mock.clone();
+            tokio::spawn(async move { m.serve_monitor(l, max).await });
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::select! {
+            _ = mock.wait_shutdown() => {}
+            _ = term.recv() => mock.terminate("host-signal"),
+            _ = int.recv() => mock.terminate("host-signal"),
+            _ = hup.recv() => mock.terminate("host-signal"),
+        }
+        // Let sessions write what is queued (the reply to quit, SHUTDOWN).
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    for p in cleanup {
+        let _ = std::fs::remove_file(p);
+    }
+    if let Some(p) = &cfg.pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    if false {
+        bail!("unreachable");
+    }
+    Ok(())
+}

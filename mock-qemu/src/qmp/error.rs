@@ -46,12 +46,18 @@ pub struct QmpError {
 impl QmpError {
     /// A `GenericError` with the given text.
     pub fn generic(desc: impl Into<String>) -> Self {
-        QmpError { class: ErrorClass::GenericError, desc: desc.into() }
+        QmpError {
+            class: ErrorClass::GenericError,
+            desc: desc.into(),
+        }
     }
 
     /// An error of a given class.
     pub fn new(class: ErrorClass, desc: impl Into<String>) -> Self {
-        QmpError { class, desc: desc.into() }
+        QmpError {
+            class,
+            desc: desc.into(),
+        }
     }
 }
 

@@ -99,7 +99,9 @@ pub struct QDict {
 
 impl fmt::Debug for QDict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.iter().map(|(k, v)| (k, v))).finish()
+        f.debug_map()
+            .entries(self.iter().map(|(k, v)| (k, v)))
+            .finish()
     }
 }
 
@@ -151,7 +153,8 @@ impl QDict {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &QObject)> {
         let mut idx: Vec<usize> = (0..self.entries.len()).collect();
         idx.sort_by_key(|&i| (bucket(&self.entries[i].0), std::cmp::Reverse(i)));
-        idx.into_iter().map(move |i| (self.entries[i].0.as_str(), &self.entries[i].1))
+        idx.into_iter()
+            .map(move |i| (self.entries[i].0.as_str(), &self.entries[i].1))
     }
 
     /// Members in insertion order (the order the input text had them).
@@ -231,6 +234,28 @@ impl From<&serde_json::Value> for QObject {
     }
 }
 
+impl QObject {
+    /// A value parsed from text that QEMU *wrote* (a recorded reply), so that
+    /// writing it again reproduces the recorded member order. QEMU writes a
+    /// bucket's members newest first; inserting the recorded members in
+    /// reverse restores the original insertion order within each bucket.
+    pub fn from_wire(v: &serde_json::Value) -> QObject {
+        match v {
+            serde_json::Value::Array(a) => {
+                QObject::List(a.iter().map(QObject::from_wire).collect())
+            }
+            serde_json::Value::Object(m) => {
+                let mut d = QDict::new();
+                for (k, v) in m.iter().rev() {
+                    d.put(k.clone(), QObject::from_wire(v));
+                }
+                QObject::Dict(d)
+            }
+            other => QObject::from(other),
+        }
+    }
+}
+
 /// QObject → serde_json, members in input (insertion) order. Non-finite
 /// doubles, which JSON cannot hold, become `null`.
 impl From<&QObject> for serde_json::Value {
@@ -245,7 +270,9 @@ impl From<&QObject> for serde_json::Value {
             QObject::Str(s) => serde_json::Value::String(s.clone()),
             QObject::List(l) => serde_json::Value::Array(l.iter().map(Into::into).collect()),
             QObject::Dict(d) => serde_json::Value::Object(
-                d.iter_inserted().map(|(k, v)| (k.to_owned(), v.into())).collect(),
+                d.iter_inserted()
+                    .map(|(k, v)| (k.to_owned(), v.into()))
+                    .collect(),
             ),
         }
     }
@@ -268,11 +295,41 @@ mod tests {
         // Orders observed on the wire from real QEMU (greeting, replies, events).
         assert_eq!(order(&["return", "id"]), ["return", "id"]);
         assert_eq!(order(&["error", "id"]), ["id", "error"]);
-        assert_eq!(order(&["major", "minor", "micro"]), ["micro", "minor", "major"]);
-        assert_eq!(order(&["timestamp", "event", "data"]), ["timestamp", "event", "data"]);
-        assert_eq!(order(&["event", "data", "timestamp"]), ["timestamp", "event", "data"]);
+        assert_eq!(
+            order(&["major", "minor", "micro"]),
+            ["micro", "minor", "major"]
+        );
+        assert_eq!(
+            order(&["timestamp", "event", "data"]),
+            ["timestamp", "event", "data"]
+        );
+        assert_eq!(
+            order(&["event", "data", "timestamp"]),
+            ["timestamp", "event", "data"]
+        );
         assert_eq!(order(&["class", "desc"]), ["class", "desc"]);
         assert_eq!(order(&["id", "status"]), ["status", "id"]);
+    }
+
+    #[test]
+    fn recorded_text_is_written_back_in_the_recorded_order() {
+        let text = r#"{"QMP": {"version": {"qemu": {"micro": 2, "minor": 0, "major": 10}, "package": "x"}, "capabilities": ["oob"]}}"#;
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        let q = QObject::from_wire(&v);
+        fn keys(q: &QObject) -> Vec<String> {
+            q.as_dict()
+                .unwrap()
+                .iter()
+                .map(|(k, _)| k.to_owned())
+                .collect()
+        }
+        let qmp = q.as_dict().unwrap().get("QMP").unwrap();
+        let ver = qmp.as_dict().unwrap().get("version").unwrap();
+        assert_eq!(
+            keys(ver.as_dict().unwrap().get("qemu").unwrap()),
+            ["micro", "minor", "major"]
+        );
+        assert_eq!(keys(qmp), ["version", "capabilities"]);
     }
 
     #[test]

@@ -1,0 +1,160 @@
+//! Recording from real QEMU: golden transcripts and profile data.
+//!
+//! This is the only code that writes under `fixtures/qemu-*/`. It never
+//! records from mock-qemu: [`record_all`] refuses a mock target.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use mock_qemu::profile::{Flavor, Version};
+
+use crate::normalize::Normalizer;
+use crate::play::{play_with_retries, LineReader, PlayOptions};
+use crate::scenario::Scenario;
+use crate::suite::profile_dir;
+use crate::target::{LaunchSpec, Process, Target};
+use crate::transcript::Entry;
+
+/// What a recording session found out about its QEMU.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Version tag (`qemu-10.0`).
+    pub version: Version,
+    /// `qemu-storage-daemon 10.0.2 (Debian …)`.
+    pub describe: String,
+}
+
+async fn exchange(
+    r: &mut LineReader<tokio::io::ReadHalf<crate::target::BoxedStream>>,
+    w: &mut tokio::io::WriteHalf<crate::target::BoxedStream>,
+    greeting: &str,
+    cmd: &str,
+) -> Result<String> {
+    crate::play::send_raw(w, format!("{{\"execute\": \"{cmd}\"}}\n").as_bytes()).await?;
+    loop {
+        let l = r
+            .next_line(Duration::from_secs(10))
+            .await?
+            .with_context(|| format!("connection closed waiting for {cmd}"))?;
+        if l.text == greeting {
+            continue; // start-up race: a repeated greeting
+        }
+        if l.text.starts_with("{\"return\"") || l.text.contains("\"error\"") {
+            return Ok(l.text);
+        }
+    }
+}
+
+/// Records the profile data (`greeting.json`, `query-version.json`,
+/// `query-commands.json`, `query-qmp-schema.json`: the lines exactly as QEMU
+/// sent them) and returns the QEMU's identity.
+pub async fn record_profile(
+    target: &mut dyn Target,
+    flavor: Flavor,
+    fixtures: &Path,
+    program: &str,
+) -> Result<Identity> {
+    let stream = target.connect().await?;
+    let (r, mut w) = tokio::io::split(stream);
+    let mut r = LineReader::new(r);
+    let greeting = r
+        .next_line(Duration::from_secs(10))
+        .await?
+        .context("no greeting")?
+        .text;
+    exchange(&mut r, &mut w, &greeting, "qmp_capabilities").await?;
+    let version = exchange(&mut r, &mut w, &greeting, "query-version").await?;
+    let commands = exchange(&mut r, &mut w, &greeting, "query-commands").await?;
+    let schema = exchange(&mut r, &mut w, &greeting, "query-qmp-schema").await?;
+    let v: serde_json::Value = serde_json::from_str(&version)?;
+    let q = &v["return"]["qemu"];
+    let tag = format!("{}.{}", q["major"], q["minor"]);
+    let parsed: Version = tag
+        .parse()
+        .with_context(|| format!("QEMU {tag} is not a supported profile"))?;
+    let pkg = v["return"]["package"]
+        .as_str()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let describe = format!(
+        "{program} {}.{}.{} ({pkg})",
+        q["major"], q["minor"], q["micro"]
+    );
+    let dir = profile_dir(fixtures, parsed, flavor).join("profile");
+    std::fs::create_dir_all(&dir)?;
+    for (name, text) in [
+        ("greeting.json", &greeting),
+        ("query-version.json", &version),
+        ("query-commands.json", &commands),
+        ("query-qmp-schema.json", &schema),
+    ] {
+        std::fs::write(dir.join(name), format!("{text}\n"))
+            .with_context(|| format!("writing {}", dir.join(name).display()))?;
+    }
+    Ok(Identity {
+        version: parsed,
+        describe,
+    })
+}
+
+/// Launches `qemu`, records its profile and every applicable scenario.
+/// Returns the identity and the number of transcripts written.
+pub async fn record_all(
+    qemu: &Path,
+    flavor: Flavor,
+    scenarios: &[Scenario],
+    fixtures: &Path,
+) -> Result<(Identity, usize)> {
+    let program = qemu
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if program.contains("mock-qemu") {
+        bail!("refusing to record golden transcripts from mock-qemu: fixtures come from real QEMU only");
+    }
+    let mut target = Process::launch(LaunchSpec::real_qemu(qemu, flavor)).await?;
+    let id = record_profile(&mut target, flavor, fixtures, &program).await?;
+    let opts = PlayOptions {
+        timeout: Duration::from_secs(5),
+        drop_duplicate_greeting: true,
+    };
+    let out_root = profile_dir(fixtures, id.version, flavor).join("transcripts");
+    let mut n = 0;
+    for s in scenarios.iter().filter(|s| s.applies_to(flavor.name())) {
+        target.restart().await?;
+        let mut t = play_with_retries(s, &mut target, &opts, 3)
+            .await
+            .with_context(|| format!("recording {}", s.id))?;
+        let norm = Normalizer {
+            workdirs: target
+                .workdir()
+                .map(|w| vec![w.display().to_string()])
+                .unwrap_or_default(),
+        };
+        for e in &mut t.entries {
+            if let Entry::Recv(l) | Entry::RecvBadFraming(l) = e {
+                // Paths only; timestamps stay as QEMU sent them.
+                for w in &norm.workdirs {
+                    *l = l.replace(w.as_str(), "<workdir>");
+                }
+            }
+        }
+        t.header = vec![
+            ("scenario".into(), s.id.clone()),
+            ("description".into(), s.description.clone()),
+            ("target".into(), id.describe.clone()),
+            (
+                "recorded-by".into(),
+                "qmp-conform record (never edit by hand; re-record from QEMU)".into(),
+            ),
+        ];
+        let path = out_root.join(format!("{}.out", s.id));
+        std::fs::create_dir_all(path.parent().unwrap_or(&out_root))?;
+        std::fs::write(&path, t.render()).with_context(|| format!("writing {}", path.display()))?;
+        n += 1;
+    }
+    target.stop().await;
+    Ok((id, n))
+}

@@ -1,0 +1,358 @@
+//! Targets: what a scenario is played against.
+//!
+//! - [`InProcess`]: mock-qemu inside this process (no sockets, no sleeps).
+//! - [`Process`]: a program the runner launches in a private work folder,
+//!   either the mock-qemu binary or a real QEMU (qemu-storage-daemon or
+//!   qemu-system-x86_64), reached over a unix socket.
+//! - [`Socket`]: any QMP server that is already running.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use mock_qemu::core::{Core, CoreConfig};
+use mock_qemu::profile::{Flavor, Profile, Version};
+use mock_qemu::server::MockQemu;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A bidirectional byte stream.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// A boxed connection.
+pub type BoxedStream = Box<dyn Stream>;
+
+/// A boxed future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Something that accepts QMP connections.
+pub trait Target: Send {
+    /// Opens a new connection.
+    fn connect(&mut self) -> BoxFuture<'_, Result<BoxedStream>>;
+    /// Starts over with fresh state (relaunch, new mock).
+    fn restart(&mut self) -> BoxFuture<'_, Result<()>>;
+    /// The private work folder, if any (normalized to `<workdir>`).
+    fn workdir(&self) -> Option<&Path>;
+    /// A one-line description for reports.
+    fn describe(&self) -> String;
+}
+
+/// Options every launched program gets before its monitor options, per
+/// flavor: the same for real QEMU, the mock binary and the in-process mock,
+/// so all three start in the same state (`-S`: prelaunch).
+pub fn launch_args(flavor: Flavor) -> Vec<String> {
+    match flavor {
+        Flavor::Qsd => vec![],
+        Flavor::System => [
+            "-M",
+            "none",
+            "-accel",
+            "tcg",
+            "-S",
+            "-nodefaults",
+            "-display",
+            "none",
+        ]
+        .map(String::from)
+        .to_vec(),
+    }
+}
+
+/// mock-qemu in this process.
+#[derive(Debug)]
+pub struct InProcess {
+    profile: Arc<Profile>,
+    config: CoreConfig,
+    mock: MockQemu,
+}
+
+impl InProcess {
+    /// A fresh mock with the given profile, configured by the options
+    /// [`launch_args`] gives a launched program.
+    pub fn new(version: Version, flavor: Flavor) -> Result<Self> {
+        let profile = Profile::get(version, flavor)?;
+        let argv0 = match flavor {
+            Flavor::Qsd => "qemu-storage-daemon",
+            Flavor::System => "qemu-system-x86_64",
+        };
+        let cmdline = mock_qemu::cmdline::parse(argv0, &launch_args(flavor), |_| None)?;
+        let config = CoreConfig {
+            start_paused: cmdline.start_paused,
+            ..CoreConfig::default()
+        };
+        let mock = MockQemu::new(Core::new(Arc::clone(&profile), &config));
+        Ok(InProcess {
+            profile,
+            config,
+            mock,
+        })
+    }
+
+    /// The mock, for tests that look inside.
+    pub fn mock(&self) -> &MockQemu {
+        &self.mock
+    }
+}
+
+impl Target for InProcess {
+    fn connect(&mut self) -> BoxFuture<'_, Result<BoxedStream>> {
+        Box::pin(async move { Ok(Box::new(self.mock.connect()) as BoxedStream) })
+    }
+    fn restart(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.mock.shutdown();
+            self.mock = MockQemu::new(Core::new(Arc::clone(&self.profile), &self.config));
+            Ok(())
+        })
+    }
+    fn workdir(&self) -> Option<&Path> {
+        None
+    }
+    fn describe(&self) -> String {
+        format!("mock-qemu (in process, {})", self.profile.label())
+    }
+}
+
+/// How to launch a program that serves QMP on a unix socket.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// The program.
+    pub program: PathBuf,
+    /// Arguments before the monitor arguments.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Which style of monitor arguments to add.
+    pub flavor: Flavor,
+    /// Wait this long after the socket file appears (qemu-storage-daemon's
+    /// start-up race; 50 ms made it vanish in 14,000 launches).
+    pub settle: Duration,
+}
+
+impl LaunchSpec {
+    /// A real QEMU binary. Environment for a build unpacked from Debian
+    /// packages (`…/usr/bin/NAME`): `LD_LIBRARY_PATH` and `QEMU_MODULE_DIR`
+    /// point into the same tree.
+    pub fn real_qemu(program: &Path, flavor: Flavor) -> LaunchSpec {
+        // The program runs in its work folder: resolve a relative path first.
+        let program = &absolute(program);
+        let mut env = Vec::new();
+        if let Some(root) = program
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+        {
+            let lib = root.join("usr/lib/x86_64-linux-gnu");
+            if root != Path::new("/") && lib.is_dir() {
+                env.push(("LD_LIBRARY_PATH".into(), lib.display().to_string()));
+                env.push((
+                    "QEMU_MODULE_DIR".into(),
+                    lib.join("qemu").display().to_string(),
+                ));
+            }
+        }
+        LaunchSpec {
+            program: program.to_owned(),
+            args: launch_args(flavor),
+            env,
+            flavor,
+            settle: Duration::from_millis(50),
+        }
+    }
+
+    /// The mock-qemu binary with a profile.
+    pub fn mock_binary(program: &Path, version: Version, flavor: Flavor) -> LaunchSpec {
+        let program = &absolute(program);
+        LaunchSpec {
+            program: program.to_owned(),
+            args: [
+                vec![
+                    "--profile".into(),
+                    version.name().into(),
+                    "--flavor".into(),
+                    flavor.name().into(),
+                ],
+                launch_args(flavor),
+            ]
+            .concat(),
+            env: vec![],
+            flavor,
+            settle: Duration::ZERO,
+        }
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned())
+}
+
+/// A launched program in a private work folder.
+#[derive(Debug)]
+pub struct Process {
+    spec: LaunchSpec,
+    dir: tempfile::TempDir,
+    sock: PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl Process {
+    /// Launches the program.
+    pub async fn launch(spec: LaunchSpec) -> Result<Process> {
+        let dir = tempfile::Builder::new()
+            .prefix("qmp-conform-")
+            .tempdir()
+            .context("creating a work folder")?;
+        let sock = dir.path().join("qmp.sock");
+        let mut p = Process {
+            spec,
+            dir,
+            sock,
+            child: None,
+        };
+        p.start().await?;
+        Ok(p)
+    }
+
+    async fn start(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(&self.sock);
+        let s = self.sock.display().to_string();
+        let mut args = self.spec.args.clone();
+        match self.spec.flavor {
+            Flavor::Qsd => {
+                args.push("--chardev".into());
+                args.push(format!("socket,path={s},server=on,wait=off,id=mon0"));
+                args.push("--monitor".into());
+                args.push("chardev=mon0".into());
+            }
+            Flavor::System => {
+                args.push("-qmp".into());
+                args.push(format!("unix:{s},server=on,wait=off"));
+            }
+        }
+        let mut cmd = tokio::process::Command::new(&self.spec.program);
+        cmd.args(&args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(
+                self.dir.path().join("stderr.log"),
+            )?))
+            .kill_on_drop(true);
+        for (k, v) in &self.spec.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("launching {}", self.spec.program.display()))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.sock.exists() {
+            if let Some(status) = child.try_wait()? {
+                let err =
+                    std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+                bail!(
+                    "{} exited with {status} before listening: {err}",
+                    self.spec.program.display()
+                );
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{} did not create its monitor socket within 10 s",
+                    self.spec.program.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if !self.spec.settle.is_zero() {
+            tokio::time::sleep(self.spec.settle).await;
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the program (SIGKILL) and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+impl Target for Process {
+    fn connect(&mut self) -> BoxFuture<'_, Result<BoxedStream>> {
+        Box::pin(async move {
+            // A socket file can exist a moment before its listen() (QEMU's
+            // bind-then-listen): retry a refused connection briefly.
+            let mut tries = 0;
+            loop {
+                match tokio::net::UnixStream::connect(&self.sock).await {
+                    Ok(s) => return Ok(Box::new(s) as BoxedStream),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < 50 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("connecting to {}", self.sock.display()))
+                    }
+                }
+            }
+        })
+    }
+    fn restart(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.stop().await;
+            self.start().await
+        })
+    }
+    fn workdir(&self) -> Option<&Path> {
+        Some(self.dir.path())
+    }
+    fn describe(&self) -> String {
+        format!("{} ({})", self.spec.program.display(), self.spec.flavor)
+    }
+}
+
+/// An already running QMP server.
+#[derive(Debug, Clone)]
+pub enum Socket {
+    /// A unix socket path.
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(String),
+}
+
+impl Target for Socket {
+    fn connect(&mut self) -> BoxFuture<'_, Result<BoxedStream>> {
+        Box::pin(async move {
+            Ok(match self {
+                Socket::Unix(p) => Box::new(
+                    tokio::net::UnixStream::connect(&*p)
+                        .await
+                        .with_context(|| format!("connecting to {}", p.display()))?,
+                ) as BoxedStream,
+                Socket::Tcp(a) => Box::new(
+                    tokio::net::TcpStream::connect(a.as_str())
+                        .await
+                        .with_context(|| format!("connecting to {a}"))?,
+                ) as BoxedStream,
+            })
+        })
+    }
+    fn restart(&mut self) -> BoxFuture<'_, Result<()>> {
+        // An external server cannot be restarted: cases share its state.
+        Box::pin(async { Ok(()) })
+    }
+    fn workdir(&self) -> Option<&Path> {
+        None
+    }
+    fn describe(&self) -> String {
+        match self {
+            Socket::Unix(p) => format!("unix:{}", p.display()),
+            Socket::Tcp(a) => format!("tcp:{a}"),
+        }
+    }
+}

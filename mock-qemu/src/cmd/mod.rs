@@ -1,0 +1,85 @@
+//! Commands: one struct per command with its typed arguments and `apply`.
+//!
+//! Arguments arrive here already checked against the profile's schema, so
+//! deserializing them cannot fail on shape; a command only adds the checks
+//! QEMU's own C code makes. [`execute`] is the routing table.
+
+mod control;
+mod system;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::core::{SessionId, SessionState};
+use crate::model::{Machine, ModelEvent};
+use crate::profile::Profile;
+use crate::qmp::error::QmpError;
+use crate::qmp::qobject::{QDict, QObject};
+
+/// What a command may touch.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// The requesting session.
+    pub sid: SessionId,
+    /// The impersonated profile.
+    pub profile: &'a Arc<Profile>,
+    /// The model.
+    pub machine: &'a mut Machine,
+    /// Every session's protocol state (qmp_capabilities changes the requester's).
+    pub sessions: &'a mut BTreeMap<SessionId, SessionState>,
+}
+
+/// A command's success value.
+pub type Return = QObject;
+
+/// Runs a schema-checked command.
+pub fn execute(
+    ctx: &mut Context<'_>,
+    name: &str,
+    args: serde_json::Value,
+) -> Result<Return, QmpError> {
+    match name {
+        "qmp_capabilities" => control::QmpCapabilities::parse(args)?.apply(ctx),
+        "query-version" => Ok(ctx.profile.query_version().clone()),
+        "query-commands" => Ok(ctx.profile.query_commands().clone()),
+        "query-qmp-schema" => Ok(ctx.profile.schema_raw().clone()),
+        "quit" => control::Quit.apply(ctx),
+        "query-status" => system::QueryStatus.apply(ctx),
+        "stop" => system::Stop.apply(ctx),
+        "cont" => system::Cont.apply(ctx),
+        _ => Err(not_implemented(ctx.profile, name)),
+    }
+}
+
+/// The mock-only error for a command the profile has but the model does not
+/// implement yet: never a fake success.
+pub fn not_implemented(profile: &Profile, name: &str) -> QmpError {
+    QmpError::generic(format!(
+        "mock-qemu: command '{name}' is not implemented by the mock for profile {} (it exists in that QEMU)",
+        profile.label()
+    ))
+}
+
+/// Deserializes schema-checked arguments into a command struct.
+fn parse_args<T: DeserializeOwned>(args: serde_json::Value) -> Result<T, QmpError> {
+    // The schema check ran first, so a failure here is a mock bug; report it
+    // as an error rather than panicking on a client's input.
+    serde_json::from_value(args)
+        .map_err(|e| QmpError::generic(format!("mock-qemu: internal argument mismatch: {e}")))
+}
+
+/// An event's wire name and data.
+pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
+    match e {
+        ModelEvent::Shutdown { guest, reason } => {
+            let mut d = QDict::new();
+            d.put("guest", *guest);
+            d.put("reason", *reason);
+            ("SHUTDOWN", Some(QObject::Dict(d)))
+        }
+        ModelEvent::Stop => ("STOP", None),
+        ModelEvent::Resume => ("RESUME", None),
+    }
+}

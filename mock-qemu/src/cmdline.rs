@@ -1,0 +1,547 @@
+//! QEMU-compatible command line: what launchers (libvirt, scripts, test
+//! harnesses) pass to `qemu-storage-daemon` or `qemu-system-x86_64`.
+//!
+//! Options come in QEMU's forms: `-opt value`, `--opt value` and
+//! `--opt=value`. Options the mock understands configure it; options it
+//! accepts and ignores are listed in [`IGNORED_WITH_ARG`] and
+//! [`IGNORED_FLAGS`] (and in the README); anything else is refused with a
+//! message in QEMU's style and exit status 1.
+
+use std::path::PathBuf;
+
+use crate::profile::{Flavor, ProfileError, Version};
+
+/// How a monitor is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A unix socket path the mock binds.
+    Unix(PathBuf),
+    /// A TCP address the mock binds (`host` empty means loopback).
+    Tcp {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// An already listening socket inherited from the parent (`fd=N`).
+    Fd(i32),
+}
+
+/// A QMP monitor to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Monitor {
+    /// Where it listens.
+    pub endpoint: Endpoint,
+    /// `pretty=on` (accepted; output stays compact).
+    pub pretty: bool,
+}
+
+/// Everything the command line decided.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Profile version (`--profile`, `MOCK_QEMU_PROFILE`; default 10.0).
+    pub version: Version,
+    /// Program impersonated (`--flavor`, `MOCK_QEMU_FLAVOR`, or inferred).
+    pub flavor: Flavor,
+    /// QMP monitors.
+    pub monitors: Vec<Monitor>,
+    /// `-pidfile`.
+    pub pidfile: Option<PathBuf>,
+    /// `-daemonize`.
+    pub daemonize: bool,
+    /// `-S`.
+    pub start_paused: bool,
+    /// `-name`.
+    pub name: Option<String>,
+    /// Sessions per monitor at once (QEMU: 1).
+    pub max_clients: usize,
+    /// `--version` / `-version` was asked for.
+    pub print_version: bool,
+    /// `--help` / `-h`.
+    pub print_help: bool,
+    /// Options accepted and ignored, as given (for the log).
+    pub ignored: Vec<String>,
+}
+
+/// A command line QEMU would refuse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CmdlineError {
+    /// Unknown option (text is QEMU's, without the program name prefix).
+    #[error("{0}")]
+    Invalid(String),
+    /// Bad profile or flavor name.
+    #[error("{0}")]
+    Profile(String),
+}
+
+impl From<ProfileError> for CmdlineError {
+    fn from(e: ProfileError) -> Self {
+        CmdlineError::Profile(e.to_string())
+    }
+}
+
+/// System-emulator options taking a value that the mock accepts and ignores.
+pub const IGNORED_WITH_ARG: &[&str] = &[
+    "machine",
+    "M",
+    "accel",
+    "display",
+    "m",
+    "smp",
+    "cpu",
+    "boot",
+    "rtc",
+    "global",
+    "uuid",
+    "msg",
+    "sandbox",
+    "overcommit",
+    "device",
+    "object",
+    "blockdev",
+    "drive",
+    "netdev",
+    "nic",
+    "serial",
+    "parallel",
+    "vga",
+    "vnc",
+    "k",
+    "L",
+    "bios",
+    "audiodev",
+    "incoming",
+    "d",
+    "D",
+    "trace",
+    "T",
+    "add-fd",
+    "fsdev",
+    "smbios",
+    "numa",
+    "mem-path",
+    "mem-prealloc",
+    "spice",
+    "usbdevice",
+    "run-with",
+    "action",
+    "compat",
+    "icount",
+    "set",
+    "fw_cfg",
+    "plugin",
+    "monitor-fd",
+    "export",
+    "nbd-server",
+    "iothread",
+    "runas",
+    "chroot",
+];
+
+/// Flags (no value) that the mock accepts and ignores.
+pub const IGNORED_FLAGS: &[&str] = &[
+    "nodefaults",
+    "no-user-config",
+    "nographic",
+    "no-shutdown",
+    "no-reboot",
+    "enable-kvm",
+    "no-hpet",
+    "no-acpi",
+    "usb",
+    "snapshot",
+    "full-screen",
+    "no-fd-bootchk",
+    "only-migratable",
+    "preconfig",
+    "enable-fips",
+    "s",
+    "old-param",
+];
+
+/// Parses `key=value,key2=value2` QemuOpts text; `,,` is a literal comma.
+/// A first element without `=` is returned under `implied` (e.g. the
+/// chardev backend or the monitor's chardev name).
+pub fn parse_opts(text: &str, implied: &str) -> Vec<(String, String)> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                cur.push(',');
+            } else {
+                parts.push(std::mem::take(&mut cur));
+            }
+        } else {
+            cur.push(c);
+        }
+    }
+    parts.push(cur);
+    let mut out = Vec::new();
+    for (i, p) in parts.into_iter().enumerate() {
+        if p.is_empty() {
+            continue;
+        }
+        match p.split_once('=') {
+            Some((k, v)) => out.push((k.to_owned(), v.to_owned())),
+            None if i == 0 && !implied.is_empty() => out.push((implied.to_owned(), p)),
+            None => match p.strip_prefix("no") {
+                // QemuOpts boolean shorthands: `server`, `nowait`.
+                Some(rest) if !rest.is_empty() => out.push((rest.to_owned(), "off".to_owned())),
+                _ => out.push((p, "on".to_owned())),
+            },
+        }
+    }
+    out
+}
+
+fn get<'a>(opts: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    opts.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn is_on(v: Option<&str>) -> bool {
+    matches!(v, Some("on" | "yes" | "true" | "y"))
+}
+
+/// A `-chardev`/`--chardev` definition.
+#[derive(Debug, Clone)]
+struct Chardev {
+    id: String,
+    endpoint: Result<Endpoint, String>,
+}
+
+fn chardev_endpoint(opts: &[(String, String)]) -> Result<Endpoint, String> {
+    let backend = get(opts, "backend").unwrap_or("");
+    if backend != "socket" {
+        return Err(format!(
+            "chardev backend '{backend}' is not supported by mock-qemu (only 'socket')"
+        ));
+    }
+    if !is_on(get(opts, "server")) {
+        return Err("mock-qemu serves monitors only in server mode (server=on)".into());
+    }
+    if let Some(fd) = get(opts, "fd") {
+        return fd
+            .parse()
+            .map(Endpoint::Fd)
+            .map_err(|_| format!("Parameter 'fd' expects an integer, got '{fd}'"));
+    }
+    if let Some(path) = get(opts, "path") {
+        return Ok(Endpoint::Unix(PathBuf::from(path)));
+    }
+    if let Some(port) = get(opts, "port") {
+        let port = port.parse().map_err(|_| format!("invalid port '{port}'"))?;
+        return Ok(Endpoint::Tcp {
+            host: get(opts, "host").unwrap_or("").to_owned(),
+            port,
+        });
+    }
+    Err("chardev: socket: no local address specified".into())
+}
+
+/// `-qmp unix:PATH,server=on,wait=off` / `tcp:HOST:PORT,…`.
+fn qmp_endpoint(spec: &str) -> Result<Endpoint, CmdlineError> {
+    let opts = parse_opts(spec, "addr");
+    let addr = get(&opts, "addr").unwrap_or("");
+    if let Some(path) = addr.strip_prefix("unix:") {
+        Ok(Endpoint::Unix(PathBuf::from(path)))
+    } else if let Some(hp) = addr.strip_prefix("tcp:") {
+        let (host, port) = hp.rsplit_once(':').ok_or_else(|| {
+            CmdlineError::Invalid(format!("-qmp {spec}: address must be HOST:PORT"))
+        })?;
+        let port = port
+            .parse()
+            .map_err(|_| CmdlineError::Invalid(format!("-qmp {spec}: invalid port '{port}'")))?;
+        Ok(Endpoint::Tcp {
+            host: host.trim_matches(['[', ']']).to_owned(),
+            port,
+        })
+    } else {
+        Err(CmdlineError::Invalid(format!(
+            "-qmp {spec}: mock-qemu supports unix: and tcp: monitors"
+        )))
+    }
+}
+
+/// The program name QEMU would print in messages (`argv[0]`'s base name).
+pub fn program_name(argv0: &str) -> String {
+    std::path::Path::new(argv0)
+        .file_name()
+        .map_or_else(|| "mock-qemu".into(), |n| n.to_string_lossy().into_owned())
+}
+
+/// Parses a command line (without `argv[0]`). `env` supplies
+/// `MOCK_QEMU_PROFILE` / `MOCK_QEMU_FLAVOR`; `argv0` picks the default flavor
+/// (`…storage-daemon` → qsd, `qemu-system…` → system).
+pub fn parse(
+    argv0: &str,
+    args: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, CmdlineError> {
+    let mut cfg = Config {
+        max_clients: 1,
+        ..Config::default()
+    };
+    if let Some(p) = env("MOCK_QEMU_PROFILE") {
+        cfg.version = p.parse()?;
+    }
+    let mut flavor: Option<Flavor> = env("MOCK_QEMU_FLAVOR").map(|f| f.parse()).transpose()?;
+    if let Some(n) = env("MOCK_QEMU_MAX_CLIENTS") {
+        cfg.max_clients = n.parse().map_err(|_| {
+            CmdlineError::Invalid(format!("MOCK_QEMU_MAX_CLIENTS: '{n}' is not a number"))
+        })?;
+    }
+    let prog = program_name(argv0);
+    let mut system_hint = prog.starts_with("qemu-system") || prog.starts_with("qemu-kvm");
+    let mut qsd_hint = prog.contains("storage-daemon");
+
+    let mut chardevs: Vec<Chardev> = Vec::new();
+    let mut monitor_refs: Vec<(String, bool)> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let raw = &args[i];
+        i += 1;
+        let Some(stripped) = raw.strip_prefix("--").or_else(|| raw.strip_prefix('-')) else {
+            // A bare argument: the system emulator takes it as a disk image.
+            return Err(CmdlineError::Invalid(format!(
+                "{raw}: mock-qemu does not take a disk image argument"
+            )));
+        };
+        let double_dash = raw.starts_with("--");
+        let (name, inline) = match stripped.split_once('=') {
+            Some((n, v)) if double_dash => (n, Some(v.to_owned())),
+            _ => (stripped, None),
+        };
+        let mut value = |name: &str| -> Result<String, CmdlineError> {
+            if let Some(v) = &inline {
+                return Ok(v.clone());
+            }
+            let v = args.get(i).cloned().ok_or_else(|| {
+                CmdlineError::Invalid(if double_dash {
+                    format!("option '--{name}' requires an argument")
+                } else {
+                    format!("-{name}: requires an argument")
+                })
+            })?;
+            i += 1;
+            Ok(v)
+        };
+        match name {
+            "profile" => cfg.version = value(name)?.parse()?,
+            "flavor" => flavor = Some(value(name)?.parse()?),
+            "mock-max-clients" => {
+                let v = value(name)?;
+                cfg.max_clients = v.parse().map_err(|_| {
+                    CmdlineError::Invalid(format!("--mock-max-clients: '{v}' is not a number"))
+                })?;
+            }
+            "chardev" => {
+                let opts = parse_opts(&value(name)?, "backend");
+                let id = get(&opts, "id").unwrap_or("").to_owned();
+                if id.is_empty() {
+                    return Err(CmdlineError::Invalid("chardev: no id specified".into()));
+                }
+                chardevs.push(Chardev {
+                    id,
+                    endpoint: chardev_endpoint(&opts),
+                });
+            }
+            "monitor" | "mon" => {
+                if name == "monitor" && !double_dash {
+                    // -monitor (system emulator) is the HMP monitor: accepted, not served.
+                    cfg.ignored.push(format!("-monitor {}", value(name)?));
+                    continue;
+                }
+                if name == "monitor" {
+                    qsd_hint = true;
+                } else {
+                    system_hint = true;
+                }
+                let opts = parse_opts(&value(name)?, "chardev");
+                let mode = get(&opts, "mode").unwrap_or(if name == "monitor" {
+                    "control"
+                } else {
+                    "readline"
+                });
+                let cd = get(&opts, "chardev").unwrap_or("").to_owned();
+                if mode != "control" {
+                    cfg.ignored
+                        .push(format!("-mon chardev={cd},mode={mode} (HMP monitor)"));
+                    continue;
+                }
+                monitor_refs.push((cd, is_on(get(&opts, "pretty"))));
+            }
+            "qmp" | "qmp-pretty" => {
+                system_hint = true;
+                let ep = qmp_endpoint(&value(name)?)?;
+                cfg.monitors.push(Monitor {
+                    endpoint: ep,
+                    pretty: name == "qmp-pretty",
+                });
+            }
+            "pidfile" => cfg.pidfile = Some(PathBuf::from(value(name)?)),
+            "daemonize" => cfg.daemonize = true,
+            "S" => {
+                system_hint = true;
+                cfg.start_paused = true;
+            }
+            "name" => {
+                let opts = parse_opts(&value(name)?, "guest");
+                cfg.name = get(&opts, "guest").map(str::to_owned);
+            }
+            "version" | "V" => cfg.print_version = true,
+            "help" | "h" => cfg.print_help = true,
+            n if IGNORED_WITH_ARG.contains(&n) => {
+                if !double_dash {
+                    system_hint = true;
+                }
+                let v = value(n)?;
+                cfg.ignored.push(format!("-{n} {v}"));
+            }
+            n if IGNORED_FLAGS.contains(&n) => {
+                system_hint = true;
+                cfg.ignored.push(format!("-{n}"));
+            }
+            _ => {
+                return Err(CmdlineError::Invalid(if double_dash {
+                    format!("unrecognized option '{raw}'")
+                } else {
+                    format!("{raw}: invalid option")
+                }))
+            }
+        }
+    }
+    for (cd, pretty) in monitor_refs {
+        let ch = chardevs
+            .iter()
+            .find(|c| c.id == cd)
+            .ok_or_else(|| CmdlineError::Invalid(format!("chardev \"{cd}\" not found")))?;
+        let endpoint = ch.endpoint.clone().map_err(CmdlineError::Invalid)?;
+        cfg.monitors.push(Monitor { endpoint, pretty });
+    }
+    cfg.flavor = flavor.unwrap_or(if qsd_hint || !system_hint {
+        Flavor::Qsd
+    } else {
+        Flavor::System
+    });
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Config, CmdlineError> {
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        parse("mock-qemu", &args, |_| None)
+    }
+
+    #[test]
+    fn qsd_style_monitor_on_a_unix_socket() {
+        let c = p(&[
+            "--chardev",
+            "socket,path=/tmp/q.sock,server=on,wait=off,id=c",
+            "--monitor",
+            "chardev=c",
+        ])
+        .unwrap();
+        assert_eq!(c.flavor, Flavor::Qsd);
+        assert_eq!(
+            c.monitors,
+            vec![Monitor {
+                endpoint: Endpoint::Unix("/tmp/q.sock".into()),
+                pretty: false
+            }]
+        );
+    }
+
+    #[test]
+    fn system_style_qmp_unix_and_tcp() {
+        let c = p(&[
+            "-S",
+            "-qmp",
+            "unix:/tmp/a,server=on,wait=off",
+            "-qmp",
+            "tcp:127.0.0.1:4444,server,nowait",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .unwrap();
+        assert_eq!(c.flavor, Flavor::System);
+        assert!(c.start_paused);
+        assert_eq!(c.monitors[0].endpoint, Endpoint::Unix("/tmp/a".into()));
+        assert_eq!(
+            c.monitors[1].endpoint,
+            Endpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: 4444
+            }
+        );
+    }
+
+    #[test]
+    fn libvirt_style_inherited_fd_and_mon() {
+        let c = p(&[
+            "-name",
+            "guest=vm1,debug-threads=on",
+            "-chardev",
+            "socket,id=charmonitor,fd=23,server=on,wait=off",
+            "-mon",
+            "chardev=charmonitor,id=monitor,mode=control",
+            "-pidfile",
+            "/run/x.pid",
+            "-daemonize",
+            "-machine",
+            "none,accel=kvm:tcg",
+        ])
+        .unwrap();
+        assert_eq!(c.flavor, Flavor::System);
+        assert_eq!(c.monitors[0].endpoint, Endpoint::Fd(23));
+        assert_eq!(c.name.as_deref(), Some("vm1"));
+        assert!(c.daemonize);
+        assert_eq!(
+            c.pidfile.as_deref(),
+            Some(std::path::Path::new("/run/x.pid"))
+        );
+    }
+
+    #[test]
+    fn unknown_options_are_refused_like_qemu() {
+        assert_eq!(
+            p(&["-bogus"]).unwrap_err(),
+            CmdlineError::Invalid("-bogus: invalid option".into())
+        );
+        assert_eq!(
+            p(&["--bogus"]).unwrap_err(),
+            CmdlineError::Invalid("unrecognized option '--bogus'".into())
+        );
+    }
+
+    #[test]
+    fn profile_from_option_and_environment() {
+        let c = p(&["--profile", "qemu-7.2"]).unwrap();
+        assert_eq!(c.version, Version::V7_2);
+        let c = parse("qemu-system-x86_64", &[], |k| {
+            (k == "MOCK_QEMU_PROFILE").then(|| "qemu-5.2".to_owned())
+        })
+        .unwrap();
+        assert_eq!(c.version, Version::V5_2);
+        assert_eq!(c.flavor, Flavor::System);
+        assert!(p(&["--profile", "qemu-9.9"]).is_err());
+    }
+
+    #[test]
+    fn opts_escape_commas_and_shorthands() {
+        let o = parse_opts("socket,path=/a,,b,server,nowait", "backend");
+        assert_eq!(get(&o, "backend"), Some("socket"));
+        assert_eq!(get(&o, "path"), Some("/a,b"));
+        assert_eq!(get(&o, "server"), Some("on"));
+        assert_eq!(get(&o, "wait"), Some("off"));
+    }
+}

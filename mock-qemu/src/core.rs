@@ -1,0 +1,312 @@
+//! The single owner of a [`Machine`]: QMP dispatch, negotiation, event fan-out.
+//!
+//! `Core` is synchronous and transport-free: a session hands it one parsed
+//! input item and gets back a [`Delivery`] (lines for the requester and for
+//! every negotiated session). The server layer wraps it in a mutex and moves
+//! lines to sockets. That seam is also where the fuzz targets plug in.
+//!
+//! The dispatch steps follow QEMU's `monitor/qmp.c` and `qapi/qmp-dispatch.c`:
+//! object check, member check, command lookup (only `qmp_capabilities`
+//! exists before negotiation), OOB permission, schema-driven argument check,
+//! the command itself; then, before negotiation, any `CommandNotFound` is
+//! rewritten to "Expecting capabilities negotiation…"; `id` is echoed last.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::cmd;
+use crate::model::clock::VirtualTime;
+use crate::model::{Machine, Stamped};
+use crate::profile::Profile;
+use crate::qmp::error::{ErrorClass, QmpError};
+use crate::qmp::json::{to_json_with, Parsed, Style};
+use crate::qmp::qobject::{QDict, QObject};
+
+/// Identifies one client connection.
+pub type SessionId = u64;
+
+/// Per-connection protocol state, as QEMU's `MonitorQMP` keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct SessionState {
+    /// `qmp_capabilities` succeeded: commands run and events are delivered.
+    pub negotiated: bool,
+    /// The `oob` capability was enabled.
+    pub oob: bool,
+}
+
+/// Configuration of a core that is not part of the profile.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Start with the virtual clock reading this time.
+    pub epoch: VirtualTime,
+    /// `-S`: start in `prelaunch`.
+    pub start_paused: bool,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            epoch: VirtualTime(1_700_000_000_000_000),
+            start_paused: false,
+        }
+    }
+}
+
+/// What one input produced.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// Event lines raised while the command ran: written to every session in
+    /// `recipients`, and to the requester *before* its reply.
+    pub events: Vec<String>,
+    /// The reply line for the requester (none for whitespace-only input).
+    pub reply: Option<String>,
+    /// The sessions that receive `events` (negotiated ones).
+    pub recipients: Vec<SessionId>,
+}
+
+/// The owner of the machine and of every session's protocol state.
+#[derive(Debug)]
+pub struct Core {
+    profile: Arc<Profile>,
+    machine: Machine,
+    sessions: BTreeMap<SessionId, SessionState>,
+    next_session: SessionId,
+    style: Style,
+}
+
+impl Core {
+    /// A core impersonating `profile`.
+    pub fn new(profile: Arc<Profile>, config: &CoreConfig) -> Self {
+        let style = json_style(&profile);
+        Core {
+            profile,
+            machine: Machine::new(config.epoch, config.start_paused),
+            sessions: BTreeMap::new(),
+            next_session: 1,
+            style,
+        }
+    }
+
+    /// The impersonated profile.
+    pub fn profile(&self) -> &Arc<Profile> {
+        &self.profile
+    }
+
+    /// The machine (read-only).
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// A new client connected: returns its id and the greeting line.
+    pub fn open_session(&mut self) -> (SessionId, String) {
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(id, SessionState::default());
+        (id, to_json_with(self.profile.greeting(), self.style))
+    }
+
+    /// A client went away. What the machine holds stays (as in QEMU).
+    pub fn close_session(&mut self, id: SessionId) {
+        self.sessions.remove(&id);
+    }
+
+    /// Protocol state of a session.
+    pub fn session(&self, id: SessionId) -> Option<&SessionState> {
+        self.sessions.get(&id)
+    }
+
+    /// Whether the process should end (after `quit` was answered).
+    pub fn quit_requested(&self) -> bool {
+        self.machine.quit_requested()
+    }
+
+    /// Handles one item from a session's input stream.
+    pub fn handle(&mut self, sid: SessionId, item: Parsed) -> Delivery {
+        let reply = match item {
+            Parsed::Error(desc) => error_response(&QmpError::generic(desc), None),
+            Parsed::Value(req) => self.dispatch(sid, &req),
+        };
+        let mut d = Delivery {
+            reply: Some(to_json_with(&QObject::Dict(reply), self.style)),
+            ..Delivery::default()
+        };
+        d.events = self.drain_events();
+        d.recipients = self.negotiated_sessions();
+        d
+    }
+
+    /// The process received SIGTERM/SIGINT: returns the event lines QEMU
+    /// writes before exiting, for every negotiated session.
+    pub fn terminate(&mut self, signal_reason: &'static str) -> Delivery {
+        let mut d = Delivery::default();
+        let system = self.profile.flavor() == crate::profile::Flavor::System;
+        self.machine.request_quit(system, signal_reason);
+        d.events = self.drain_events();
+        d.recipients = self.negotiated_sessions();
+        d
+    }
+
+    fn negotiated_sessions(&self) -> Vec<SessionId> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.negotiated)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn drain_events(&mut self) -> Vec<String> {
+        self.machine
+            .take_events()
+            .iter()
+            .map(|e| self.event_line(e))
+            .collect()
+    }
+
+    fn event_line(&self, e: &Stamped) -> String {
+        let (name, data) = cmd::event_to_wire(&e.event);
+        let mut ts = QDict::new();
+        ts.put("seconds", e.at.seconds() as i64);
+        ts.put("microseconds", e.at.subsec_micros() as i64);
+        let mut ev = QDict::new();
+        ev.put("event", name);
+        if let Some(data) = data {
+            ev.put("data", data);
+        }
+        ev.put("timestamp", ts);
+        to_json_with(&QObject::Dict(ev), self.style)
+    }
+
+    /// `qmp_dispatch()` plus the monitor's negotiation rewrite.
+    fn dispatch(&mut self, sid: SessionId, req: &QObject) -> QDict {
+        let state = self.sessions.get(&sid).cloned().unwrap_or_default();
+        let Some(dict) = req.as_dict() else {
+            return error_response(&QmpError::generic("QMP input must be a JSON object"), None);
+        };
+        let id = dict.get("id").cloned();
+        let result = self.dispatch_checked(sid, &state, dict);
+        let mut rsp = match result {
+            Ok(ret) => {
+                let mut rsp = QDict::new();
+                rsp.put("return", ret);
+                rsp
+            }
+            Err(mut err) => {
+                if !state.negotiated && err.class == ErrorClass::CommandNotFound {
+                    err.desc = "Expecting capabilities negotiation with 'qmp_capabilities'".into();
+                }
+                error_response(&err, None)
+            }
+        };
+        if let Some(id) = id {
+            rsp.put("id", id);
+        }
+        rsp
+    }
+
+    fn dispatch_checked(
+        &mut self,
+        sid: SessionId,
+        state: &SessionState,
+        dict: &QDict,
+    ) -> Result<QObject, QmpError> {
+        check_obj(dict, state.oob)?;
+        let (command, oob) = match dict.get("execute") {
+            Some(QObject::Str(s)) => (s.as_str(), false),
+            _ => match dict.get("exec-oob") {
+                Some(QObject::Str(s)) => (s.as_str(), true),
+                _ => unreachable!("check_obj guarantees an exec key"),
+            },
+        };
+        let not_found = || {
+            QmpError::new(
+                ErrorClass::CommandNotFound,
+                format!("The command {command} has not been found"),
+            )
+        };
+        // Before negotiation the monitor's command table holds only qmp_capabilities.
+        if !state.negotiated && command != "qmp_capabilities" {
+            return Err(not_found());
+        }
+        let Some(info) = self.profile.schema().command(command) else {
+            return Err(not_found());
+        };
+        if oob && !info.allow_oob {
+            return Err(QmpError::generic(format!(
+                "The command {command} does not support OOB"
+            )));
+        }
+        let empty = QDict::new();
+        let args = match dict.get("arguments") {
+            Some(QObject::Dict(a)) => a,
+            _ => &empty,
+        };
+        self.profile.schema().check_arguments(command, Some(args))?;
+        let args_json = serde_json::Value::from(&QObject::Dict(args.clone()));
+        let mut ctx = cmd::Context {
+            sid,
+            profile: &self.profile,
+            machine: &mut self.machine,
+            sessions: &mut self.sessions,
+        };
+        cmd::execute(&mut ctx, command, args_json)
+    }
+}
+
+/// `qmp_dispatch_check_obj()`: members are visited in QDict order, so with
+/// several defects the first in that order is reported, as QEMU does.
+fn check_obj(dict: &QDict, allow_oob: bool) -> Result<(), QmpError> {
+    let mut exec_key: Option<&str> = None;
+    for (name, value) in dict.iter() {
+        if name == "execute" || (name == "exec-oob" && allow_oob) {
+            if !matches!(value, QObject::Str(_)) {
+                return Err(QmpError::generic(format!(
+                    "QMP input member '{name}' must be a string"
+                )));
+            }
+            if let Some(prev) = exec_key {
+                return Err(QmpError::generic(format!(
+                    "QMP input member '{name}' clashes with '{prev}'"
+                )));
+            }
+            exec_key = Some(name);
+        } else if name == "arguments" {
+            if !matches!(value, QObject::Dict(_)) {
+                return Err(QmpError::generic(
+                    "QMP input member 'arguments' must be an object",
+                ));
+            }
+        } else if name == "id" {
+            continue;
+        } else {
+            return Err(QmpError::generic(format!(
+                "QMP input member '{name}' is unexpected"
+            )));
+        }
+    }
+    if exec_key.is_none() {
+        return Err(QmpError::generic("QMP input lacks member 'execute'"));
+    }
+    Ok(())
+}
+
+/// How the impersonated QEMU writes doubles: QEMU 6.0 changed `%f` with
+/// trailing zeros stripped to `%.17g` (seen in the recorded `id` echoes).
+fn json_style(profile: &Profile) -> Style {
+    if profile.version() < crate::profile::Version::V7_2 {
+        Style::Legacy
+    } else {
+        Style::Modern
+    }
+}
+
+fn error_response(err: &QmpError, id: Option<QObject>) -> QDict {
+    let mut e = QDict::new();
+    e.put("class", err.class.as_str());
+    e.put("desc", err.desc.clone());
+    let mut rsp = QDict::new();
+    rsp.put("error", e);
+    if let Some(id) = id {
+        rsp.put("id", id);
+    }
+    rsp
+}

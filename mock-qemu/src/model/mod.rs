@@ -1,0 +1,133 @@
+//! The state model: sans-IO, deterministic, no tokio, no JSON.
+//!
+//! [`Machine`] is what one QEMU process holds. The block graph and the job
+//! engine grow here; commands reach it only through its domain operations,
+//! and what it wants to tell clients goes into its outbox as [`ModelEvent`]s.
+
+pub mod clock;
+
+use clock::{VirtualClock, VirtualTime};
+
+/// The run state of the impersonated process (system emulator's `query-status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Started with `-S`, never run.
+    Prelaunch,
+    /// Running.
+    Running,
+    /// Stopped by `stop`.
+    Paused,
+    /// Shutting down after `quit` or a signal.
+    Shutdown,
+}
+
+/// Something the model reports to every negotiated client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelEvent {
+    /// `SHUTDOWN` (system emulator).
+    Shutdown {
+        /// Whether the guest asked for it.
+        guest: bool,
+        /// `host-qmp-quit`, `host-signal`, …
+        reason: &'static str,
+    },
+    /// `STOP` (system emulator).
+    Stop,
+    /// `RESUME` (system emulator).
+    Resume,
+}
+
+/// An event with the virtual time it happened at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stamped {
+    /// When.
+    pub at: VirtualTime,
+    /// What.
+    pub event: ModelEvent,
+}
+
+/// One simulated QEMU process.
+#[derive(Debug)]
+pub struct Machine {
+    clock: VirtualClock,
+    run_state: RunState,
+    quit_requested: bool,
+    outbox: Vec<Stamped>,
+}
+
+impl Machine {
+    /// A fresh machine whose clock starts at `epoch`.
+    pub fn new(epoch: VirtualTime, start_paused: bool) -> Self {
+        Machine {
+            clock: VirtualClock::new(epoch),
+            run_state: if start_paused {
+                RunState::Prelaunch
+            } else {
+                RunState::Running
+            },
+            quit_requested: false,
+            outbox: Vec::new(),
+        }
+    }
+
+    /// The virtual clock.
+    pub fn clock(&self) -> &VirtualClock {
+        &self.clock
+    }
+
+    /// Moves virtual time forward.
+    pub fn advance(&mut self, micros: u64) {
+        self.clock.advance(micros);
+    }
+
+    /// Current run state.
+    pub fn run_state(&self) -> RunState {
+        self.run_state
+    }
+
+    /// Whether `quit` (or a signal) asked the process to end.
+    pub fn quit_requested(&self) -> bool {
+        self.quit_requested
+    }
+
+    /// `quit`: the process ends after the reply is sent. The system emulator
+    /// then reports `SHUTDOWN`.
+    pub fn request_quit(&mut self, emits_shutdown: bool, reason: &'static str) {
+        self.quit_requested = true;
+        self.run_state = RunState::Shutdown;
+        if emits_shutdown {
+            self.emit(ModelEvent::Shutdown {
+                guest: false,
+                reason,
+            });
+        }
+    }
+
+    /// `stop`.
+    pub fn stop(&mut self) {
+        if self.run_state == RunState::Running {
+            self.run_state = RunState::Paused;
+            self.emit(ModelEvent::Stop);
+        }
+    }
+
+    /// `cont`.
+    pub fn cont(&mut self) {
+        if matches!(self.run_state, RunState::Paused | RunState::Prelaunch) {
+            self.run_state = RunState::Running;
+            self.emit(ModelEvent::Resume);
+        }
+    }
+
+    fn emit(&mut self, event: ModelEvent) {
+        self.outbox.push(Stamped {
+            at: self.clock.now(),
+            event,
+        });
+    }
+
+    /// Takes every event raised since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<Stamped> {
+        std::mem::take(&mut self.outbox)
+    }
+}

@@ -1,0 +1,292 @@
+//! Version profiles: what one real QEMU build looks like from the wire.
+//!
+//! A profile is *data recorded from that QEMU* by `qmp-conform record-profile`
+//! and stored under `fixtures/qemu-<version>/<flavor>/profile/`:
+//! `greeting.json` (the greeting line), `query-version.json`,
+//! `query-commands.json` and `query-qmp-schema.json` (the `return` values).
+//! Nothing here is a hand-written table of commands or arguments.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+
+use crate::qmp::qobject::QObject;
+use crate::qmp::schema::Schema;
+
+/// The QEMU versions the mock can impersonate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Version {
+    /// QEMU 5.2 (Debian bullseye).
+    V5_2,
+    /// QEMU 7.2 (Debian bookworm).
+    V7_2,
+    /// QEMU 10.0 (Debian bookworm-backports). The default.
+    V10_0,
+}
+
+impl Version {
+    /// Every supported version, oldest first.
+    pub const ALL: [Version; 3] = [Version::V5_2, Version::V7_2, Version::V10_0];
+
+    /// `qemu-10.0` style name (also the fixture folder name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Version::V5_2 => "qemu-5.2",
+            Version::V7_2 => "qemu-7.2",
+            Version::V10_0 => "qemu-10.0",
+        }
+    }
+}
+
+impl Default for Version {
+    fn default() -> Self {
+        Version::V10_0
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Error for an unknown profile or flavor name.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The name is not one of the supported profiles.
+    #[error("unknown profile '{0}' (known: qemu-5.2, qemu-7.2, qemu-10.0)")]
+    UnknownVersion(String),
+    /// The name is not a flavor.
+    #[error("unknown flavor '{0}' (known: qsd, system)")]
+    UnknownFlavor(String),
+    /// No recording of this version and flavor exists.
+    #[error("no recorded profile for {0} {1}: record it with `qmp-conform record-profile`")]
+    NotRecorded(Version, Flavor),
+    /// The recorded data could not be loaded.
+    #[error("recorded profile data for {version} {flavor} is malformed: {what}")]
+    Malformed {
+        /// Version.
+        version: Version,
+        /// Flavor.
+        flavor: Flavor,
+        /// What was wrong.
+        what: String,
+    },
+}
+
+impl FromStr for Version {
+    type Err = ProfileError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let v = s.strip_prefix("qemu-").unwrap_or(s);
+        match v {
+            "5.2" => Ok(Version::V5_2),
+            "7.2" => Ok(Version::V7_2),
+            "10.0" => Ok(Version::V10_0),
+            _ => Err(ProfileError::UnknownVersion(s.to_owned())),
+        }
+    }
+}
+
+/// Which QEMU program is impersonated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Flavor {
+    /// `qemu-storage-daemon`: block layer only, `--chardev`/`--monitor` style.
+    #[default]
+    Qsd,
+    /// `qemu-system-x86_64`: adds run state, devices, machine queries.
+    System,
+}
+
+impl Flavor {
+    /// Folder name: `qsd` or `system`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Qsd => "qsd",
+            Flavor::System => "system",
+        }
+    }
+}
+
+impl fmt::Display for Flavor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Flavor {
+    type Err = ProfileError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "qsd" | "qemu-storage-daemon" | "storage-daemon" => Ok(Flavor::Qsd),
+            "system" | "qemu-system" | "qemu-system-x86_64" => Ok(Flavor::System),
+            _ => Err(ProfileError::UnknownFlavor(s.to_owned())),
+        }
+    }
+}
+
+/// One impersonated QEMU build.
+#[derive(Debug)]
+pub struct Profile {
+    version: Version,
+    flavor: Flavor,
+    greeting: QObject,
+    query_version: QObject,
+    query_commands: QObject,
+    schema_raw: QObject,
+    schema: Schema,
+}
+
+struct Recorded {
+    greeting: &'static str,
+    version: &'static str,
+    commands: &'static str,
+    schema: &'static str,
+}
+
+macro_rules! recorded {
+    ($dir:literal) => {
+        Some(Recorded {
+            greeting: include_str!(concat!("../../fixtures/", $dir, "/profile/greeting.json")),
+            version: include_str!(concat!(
+                "../../fixtures/",
+                $dir,
+                "/profile/query-version.json"
+            )),
+            commands: include_str!(concat!(
+                "../../fixtures/",
+                $dir,
+                "/profile/query-commands.json"
+            )),
+            schema: include_str!(concat!(
+                "../../fixtures/",
+                $dir,
+                "/profile/query-qmp-schema.json"
+            )),
+        })
+    };
+}
+
+fn recorded(version: Version, flavor: Flavor) -> Option<Recorded> {
+    match (version, flavor) {
+        (Version::V10_0, Flavor::Qsd) => recorded!("qemu-10.0/qsd"),
+        (Version::V10_0, Flavor::System) => recorded!("qemu-10.0/system"),
+        (Version::V7_2, Flavor::Qsd) => recorded!("qemu-7.2/qsd"),
+        (Version::V7_2, Flavor::System) => recorded!("qemu-7.2/system"),
+        (Version::V5_2, Flavor::Qsd) => recorded!("qemu-5.2/qsd"),
+        (Version::V5_2, Flavor::System) => None,
+    }
+}
+
+fn parse(
+    version: Version,
+    flavor: Flavor,
+    what: &str,
+    text: &str,
+) -> Result<serde_json::Value, ProfileError> {
+    serde_json::from_str(text).map_err(|e| ProfileError::Malformed {
+        version,
+        flavor,
+        what: format!("{what}: {e}"),
+    })
+}
+
+impl Profile {
+    /// Loads (once per process) the recorded profile of a version and flavor.
+    pub fn get(version: Version, flavor: Flavor) -> Result<Arc<Profile>, ProfileError> {
+        static CACHE: [OnceLock<Result<Arc<Profile>, String>>; 6] = [const { OnceLock::new() }; 6];
+        let idx = (version as usize) * 2 + flavor as usize;
+        let r = CACHE[idx].get_or_init(|| {
+            Profile::load(version, flavor)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        });
+        match r {
+            Ok(p) => Ok(p.clone()),
+            Err(_) => Err(Profile::load(version, flavor)
+                .err()
+                .unwrap_or(ProfileError::NotRecorded(version, flavor))),
+        }
+    }
+
+    fn load(version: Version, flavor: Flavor) -> Result<Profile, ProfileError> {
+        let rec = recorded(version, flavor).ok_or(ProfileError::NotRecorded(version, flavor))?;
+        // Each file is the line QEMU sent (greeting) or its reply line.
+        let greeting = parse(version, flavor, "greeting.json", rec.greeting)?;
+        let ret = |what: &str, text: &str| -> Result<serde_json::Value, ProfileError> {
+            let mut v = parse(version, flavor, what, text)?;
+            Ok(v.get_mut("return")
+                .map(serde_json::Value::take)
+                .unwrap_or(v))
+        };
+        let qv = ret("query-version.json", rec.version)?;
+        let qc = ret("query-commands.json", rec.commands)?;
+        let schema_v = ret("query-qmp-schema.json", rec.schema)?;
+        let schema =
+            Schema::from_introspection(&schema_v).map_err(|e| ProfileError::Malformed {
+                version,
+                flavor,
+                what: format!("query-qmp-schema.json: {e}"),
+            })?;
+        Ok(Profile {
+            version,
+            flavor,
+            greeting: QObject::from_wire(&greeting),
+            query_version: QObject::from_wire(&qv),
+            query_commands: QObject::from_wire(&qc),
+            schema_raw: QObject::from_wire(&schema_v),
+            schema,
+        })
+    }
+
+    /// The impersonated version.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The impersonated program.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    /// `qemu-10.0/qsd` style label, used in log text and mock-only error text.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.version, self.flavor)
+    }
+
+    /// The greeting object exactly as recorded.
+    pub fn greeting(&self) -> &QObject {
+        &self.greeting
+    }
+
+    /// `query-version`'s return value.
+    pub fn query_version(&self) -> &QObject {
+        &self.query_version
+    }
+
+    /// `query-commands`' return value, in the order the real QEMU lists them.
+    pub fn query_commands(&self) -> &QObject {
+        &self.query_commands
+    }
+
+    /// `query-qmp-schema`'s return value, verbatim.
+    pub fn schema_raw(&self) -> &QObject {
+        &self.schema_raw
+    }
+
+    /// The parsed schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Whether the greeting offers the `oob` capability.
+    pub fn offers_oob(&self) -> bool {
+        self.greeting
+            .as_dict()
+            .and_then(|d| d.get("QMP"))
+            .and_then(QObject::as_dict)
+            .and_then(|d| d.get("capabilities"))
+            .is_some_and(
+                |c| matches!(c, QObject::List(l) if l.iter().any(|x| x.as_str() == Some("oob"))),
+            )
+    }
+}
