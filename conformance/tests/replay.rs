@@ -1,1 +1,178 @@
-fn main() {}
+//! Replays every golden transcript under `fixtures/` (recorded from real
+//! QEMU) against mock-qemu with the matching profile: one trial per
+//! (profile, case, target).
+//!
+//! Targets:
+//! - `mock`: mock-qemu in this process, compared byte for byte (framing,
+//!   separators, escapes, member order) after normalization;
+//! - `mock-bin`: the mock-qemu binary, launched as a launcher would;
+//! - `qemu`: the real QEMU binary of that profile, compared as JSON. These
+//!   trials run when `QMP_CONFORM_REAL=1` and the binary is known (the
+//!   variables `ci/fetch-qemu.sh` prints: `QEMU_QSD_10_0`, `QEMU_SYS_7_2`, …);
+//!   otherwise they are listed as ignored. They catch a fixture that no
+//!   longer matches real QEMU.
+//!
+//! A difference is a mock bug (or a changed QEMU), never a fixture to edit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use conformance::compare::Mode;
+use conformance::play::PlayOptions;
+use conformance::runner::{describe_failure, run_case, Outcome};
+use conformance::scenario::Scenario;
+use conformance::suite;
+use conformance::target::{InProcess, LaunchSpec, Process, Target};
+use libtest_mimic::{Arguments, Failed, Trial};
+use mock_qemu::profile::{Flavor, Version};
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Mock,
+    MockBin,
+    Qemu,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Mock => "mock",
+            Kind::MockBin => "mock-bin",
+            Kind::Qemu => "qemu",
+        }
+    }
+}
+
+/// The variable naming the real binary of a profile (see ci/fetch-qemu.sh).
+fn real_binary(version: Version, flavor: Flavor) -> Option<PathBuf> {
+    let v = match version {
+        Version::V5_2 => "5_2",
+        Version::V7_2 => "7_2",
+        Version::V10_0 => "10_0",
+    };
+    let f = match flavor {
+        Flavor::Qsd => "QSD",
+        Flavor::System => "SYS",
+    };
+    std::env::var_os(format!("QEMU_{f}_{v}"))
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+}
+
+/// The mock-qemu binary: `$MOCK_QEMU_BIN`, else the one cargo built next to
+/// this test (`cargo test --workspace` builds it for mock-qemu's own tests).
+fn mock_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("MOCK_QEMU_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("mock-qemu"))
+        .ok_or("no target dir")?;
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} is not built: run `cargo build -p mock-qemu` (or `cargo test --workspace`)",
+            p.display()
+        ))
+    }
+}
+
+fn run(
+    kind: Kind,
+    version: Version,
+    flavor: Flavor,
+    scenario: &Scenario,
+    golden: &Path,
+) -> Result<(), Failed> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let (mut target, mode, opts): (Box<dyn Target>, Mode, PlayOptions) = match kind {
+            Kind::Mock => (
+                Box::new(InProcess::new(version, flavor).map_err(|e| format!("{e:#}"))?),
+                Mode::Bytes,
+                PlayOptions::default(),
+            ),
+            Kind::MockBin => {
+                let spec = LaunchSpec::mock_binary(&mock_binary()?, version, flavor);
+                (
+                    Box::new(Process::launch(spec).await.map_err(|e| format!("{e:#}"))?),
+                    Mode::Bytes,
+                    PlayOptions::default(),
+                )
+            }
+            Kind::Qemu => {
+                let bin = real_binary(version, flavor).ok_or("no real binary")?;
+                let spec = LaunchSpec::real_qemu(&bin, flavor);
+                let opts = PlayOptions {
+                    drop_duplicate_greeting: true,
+                    ..PlayOptions::default()
+                };
+                (
+                    Box::new(Process::launch(spec).await.map_err(|e| format!("{e:#}"))?),
+                    Mode::Json,
+                    opts,
+                )
+            }
+        };
+        let outcome = run_case(scenario, golden, target.as_mut(), &opts, mode).await;
+        match outcome {
+            Outcome::Pass => Ok(()),
+            Outcome::Fail(m) => Err(format!(
+                "{} differs from real QEMU ({}):\n{}",
+                target.describe(),
+                golden.display(),
+                describe_failure(&m)
+            )
+            .into()),
+            Outcome::Error(e) => Err(format!("{}: {e}", target.describe()).into()),
+        }
+    })
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let fixtures = suite::fixtures_dir();
+    let scenarios: Arc<Vec<Scenario>> =
+        Arc::new(suite::scenarios(&fixtures).expect("reading scenarios"));
+    let real = std::env::var("QMP_CONFORM_REAL").is_ok_and(|v| v == "1");
+    let mut trials = Vec::new();
+    let profiles = suite::recorded_profiles(&fixtures);
+    assert!(
+        profiles.len() >= 3,
+        "expected recorded profiles for 5.2, 7.2 and 10.0 under {}",
+        fixtures.display()
+    );
+    for (version, flavor) in profiles {
+        let goldens = suite::goldens(&fixtures, version, flavor).expect("listing goldens");
+        for (id, golden) in goldens {
+            let idx = scenarios.iter().position(|s| s.id == id);
+            let id = Arc::new(id);
+            for kind in [Kind::Mock, Kind::MockBin, Kind::Qemu] {
+                let name = format!("{}/{flavor}/{id}@{}", version.name(), kind.name());
+                let scenarios = Arc::clone(&scenarios);
+                let golden = golden.clone();
+                let id = Arc::clone(&id);
+                let ignored =
+                    matches!(kind, Kind::Qemu) && !(real && real_binary(version, flavor).is_some());
+                let trial = Trial::test(name, move || {
+                    // A golden without its scenario is an orphan: re-record or delete it.
+                    let i = idx.ok_or_else(|| {
+                        format!("golden {} has no scenario {id}.qmp", golden.display())
+                    })?;
+                    run(kind, version, flavor, &scenarios[i], &golden)
+                })
+                .with_kind(kind.name())
+                .with_ignored_flag(ignored);
+                trials.push(trial);
+            }
+        }
+    }
+    libtest_mimic::run(&args, trials).exit();
+}

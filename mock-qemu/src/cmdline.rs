@@ -69,6 +69,10 @@ pub enum CmdlineError {
     /// Unknown option (text is QEMU's, without the program name prefix).
     #[error("{0}")]
     Invalid(String),
+    /// Refused by getopt (qemu-storage-daemon's `--long` options): printed
+    /// after `argv[0]` exactly as given, as glibc's getopt does.
+    #[error("{0}")]
+    Getopt(String),
     /// Bad profile or flavor name.
     #[error("{0}")]
     Profile(String),
@@ -408,11 +412,11 @@ pub fn parse(
                 cfg.ignored.push(format!("-{n}"));
             }
             _ => {
-                return Err(CmdlineError::Invalid(if double_dash {
-                    format!("unrecognized option '{raw}'")
+                return Err(if double_dash {
+                    CmdlineError::Getopt(format!("unrecognized option '{raw}'"))
                 } else {
-                    format!("{raw}: invalid option")
-                }))
+                    CmdlineError::Invalid(format!("{raw}: invalid option"))
+                })
             }
         }
     }
@@ -519,7 +523,7 @@ mod tests {
         );
         assert_eq!(
             p(&["--bogus"]).unwrap_err(),
-            CmdlineError::Invalid("unrecognized option '--bogus'".into())
+            CmdlineError::Getopt("unrecognized option '--bogus'".into())
         );
     }
 

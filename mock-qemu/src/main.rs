@@ -16,6 +16,11 @@ fn main() {
     let prog = cmdline::program_name(argv.first().map_or("mock-qemu", String::as_str));
     let cfg = match cmdline::parse(&prog, &argv[1..], |k| std::env::var(k).ok()) {
         Ok(c) => c,
+        Err(e @ cmdline::CmdlineError::Getopt(_)) => {
+            // glibc's getopt names the program by argv[0] as given.
+            eprintln!("{}: {e}", argv.first().map_or("mock-qemu", String::as_str));
+            std::process::exit(1);
+        }
         Err(e) => {
             eprintln!("{prog}: {e}");
             std::process::exit(1);

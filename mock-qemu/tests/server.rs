@@ -1,0 +1,555 @@
+//! The mock-qemu binary over real sockets, launched as launchers launch QEMU.
+//!
+//! Each test body runs against the mock binary and, when `ci/fetch-qemu.sh`'s
+//! variables are set (`QEMU_SYS_10_0`, `QEMU_QSD_10_0`), against the real
+//! QEMU too: the same assertions hold for both, so the real one keeps the
+//! test honest.
+#![allow(unsafe_code)] // one dup2() in a pre_exec hook, to hand a listening fd over
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Flavor {
+    Qsd,
+    System,
+}
+
+/// A program to test: the mock, or a real QEMU.
+#[derive(Debug, Clone)]
+struct Program {
+    label: String,
+    path: PathBuf,
+    /// Options the mock needs to impersonate this flavor (none for real QEMU).
+    pre: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+fn mock(flavor: Flavor) -> Program {
+    let f = match flavor {
+        Flavor::Qsd => "qsd",
+        Flavor::System => "system",
+    };
+    Program {
+        label: format!("mock-qemu/{f}"),
+        path: env!("CARGO_BIN_EXE_mock-qemu").into(),
+        pre: vec!["--flavor".into(), f.into()],
+        env: vec![],
+    }
+}
+
+fn real(flavor: Flavor) -> Option<Program> {
+    let var = match flavor {
+        Flavor::Qsd => "QEMU_QSD_10_0",
+        Flavor::System => "QEMU_SYS_10_0",
+    };
+    let path = PathBuf::from(std::env::var_os(var)?);
+    let mut env = vec![];
+    if let Some(root) = path.parent().and_then(Path::parent).and_then(Path::parent) {
+        let modules = root.join("usr/lib/x86_64-linux-gnu/qemu");
+        if root != Path::new("/") && modules.is_dir() {
+            env.push(("QEMU_MODULE_DIR".into(), modules.display().to_string()));
+        }
+    }
+    Some(Program {
+        label: format!("real {}", path.display()),
+        path,
+        pre: vec![],
+        env,
+    })
+}
+
+/// The mock, then the real binary when known.
+fn programs(flavor: Flavor) -> Vec<Program> {
+    let mut v = vec![mock(flavor)];
+    v.extend(real(flavor));
+    v
+}
+
+const SYSTEM_BASE: &[&str] = &[
+    "-S",
+    "-nodefaults",
+    "-display",
+    "none",
+    "-machine",
+    "none",
+    "-accel",
+    "tcg",
+    "-no-user-config",
+    "-nographic",
+];
+
+struct Running {
+    child: Child,
+    dir: tempfile::TempDir,
+    label: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn spawn(p: &Program, args: &[String], dir: tempfile::TempDir) -> Running {
+    let mut cmd = Command::new(&p.path);
+    cmd.args(&p.pre)
+        .args(args)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in &p.env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("{}: {e}", p.label));
+    Running {
+        child,
+        dir,
+        label: p.label.clone(),
+    }
+}
+
+fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A blocking QMP client.
+struct Client {
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+}
+
+impl Client {
+    fn connect(path: &Path) -> Client {
+        wait_for_file(path);
+        let deadline = Instant::now() + TIMEOUT;
+        let s = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => panic!("connect {}: {e}", path.display()),
+            }
+        };
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        Client {
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+        }
+    }
+
+    fn line(&mut self) -> Value {
+        let mut l = String::new();
+        let n = self.r.read_line(&mut l).expect("read (timed out?)");
+        assert!(n > 0, "connection closed");
+        assert!(l.ends_with("\r\n"), "line not CRLF-terminated: {l:?}");
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}"))
+    }
+
+    /// Reads the greeting, tolerating qemu-storage-daemon's start-up race
+    /// (a repeated greeting is read by [`Client::cmd`] as well).
+    fn greeting(&mut self) -> Value {
+        let g = self.line();
+        assert!(g.get("QMP").is_some(), "expected a greeting, got {g}");
+        g
+    }
+
+    fn send(&mut self, v: &Value) {
+        self.w.write_all(format!("{v}\n").as_bytes()).unwrap();
+    }
+
+    /// Sends a command; returns (events before the reply, reply).
+    fn cmd(&mut self, v: Value) -> (Vec<Value>, Value) {
+        self.send(&v);
+        let mut events = vec![];
+        loop {
+            let l = self.line();
+            if l.get("event").is_some() {
+                events.push(l);
+            } else if l.get("QMP").is_none() {
+                return (events, l);
+            }
+        }
+    }
+
+    fn negotiate(&mut self) {
+        self.greeting();
+        let (_, r) = self.cmd(json!({"execute": "qmp_capabilities"}));
+        assert_eq!(r, json!({"return": {}}));
+    }
+
+    /// Whether anything arrives within `d` (used to show that nothing does).
+    fn quiet_for(&mut self, d: Duration) -> bool {
+        self.w.set_read_timeout(Some(d)).unwrap();
+        let quiet = match self.r.fill_buf() {
+            Ok(_) => false, // data, or end of stream
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        self.w.set_read_timeout(Some(TIMEOUT)).unwrap();
+        quiet
+    }
+}
+
+fn system_with_monitors(p: &Program, n: usize) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = SYSTEM_BASE.iter().map(|s| s.to_string()).collect();
+    for i in 0..n {
+        args.push("-chardev".into());
+        args.push(format!(
+            "socket,id=mon{i},path={}/m{i}.sock,server=on,wait=off",
+            dir.path().display()
+        ));
+        args.push("-mon".into());
+        args.push(format!("chardev=mon{i},mode=control"));
+    }
+    spawn(p, &args, dir)
+}
+
+#[test]
+fn events_reach_every_negotiated_monitor_and_only_those() {
+    for p in programs(Flavor::System) {
+        let vm = system_with_monitors(&p, 3);
+        let mut a = Client::connect(&vm.path("m0.sock"));
+        let mut b = Client::connect(&vm.path("m1.sock"));
+        let mut c = Client::connect(&vm.path("m2.sock"));
+        a.negotiate();
+        b.negotiate();
+        c.greeting(); // never negotiates
+        let (ev, r) = a.cmd(json!({"execute": "cont", "id": "go"}));
+        assert_eq!(r, json!({"return": {}, "id": "go"}), "{}", vm.label);
+        assert_eq!(ev.len(), 1, "{}: {ev:?}", vm.label);
+        assert_eq!(ev[0]["event"], "RESUME");
+        let ts = &ev[0]["timestamp"];
+        assert!(
+            ts["seconds"].as_i64().unwrap() > 1_600_000_000
+                && ts["microseconds"].as_i64().unwrap() < 1_000_000,
+            "{}: {ts}",
+            vm.label
+        );
+        // The other negotiated monitor sees the same event, unprompted.
+        let seen = b.line();
+        assert_eq!(seen["event"], "RESUME", "{}", vm.label);
+        // The un-negotiated one gets nothing, and still must negotiate.
+        let (_, r) = c.cmd(json!({"execute": "query-status", "id": 1}));
+        assert_eq!(r["error"]["class"], "CommandNotFound", "{}", vm.label);
+    }
+}
+
+#[test]
+fn a_monitor_serves_one_client_at_a_time() {
+    for p in programs(Flavor::System) {
+        let vm = system_with_monitors(&p, 1);
+        let sock = vm.path("m0.sock");
+        let mut first = Client::connect(&sock);
+        first.negotiate();
+        // A second client connects (the kernel queues it) but is not greeted
+        // while the first is attached.
+        let mut second = Client::connect(&sock);
+        assert!(
+            second.quiet_for(Duration::from_millis(300)),
+            "{}: second client was served at once",
+            vm.label
+        );
+        drop(first);
+        let g = second.greeting();
+        assert!(
+            g["QMP"]["version"]["qemu"]["major"].is_number(),
+            "{}",
+            vm.label
+        );
+    }
+}
+
+#[test]
+fn state_survives_a_client_disconnect() {
+    for p in programs(Flavor::System) {
+        let vm = system_with_monitors(&p, 1);
+        let sock = vm.path("m0.sock");
+        let mut c = Client::connect(&sock);
+        c.negotiate();
+        c.cmd(json!({"execute": "cont"}));
+        let (ev, _) = c.cmd(json!({"execute": "stop"}));
+        assert_eq!(
+            ev.iter()
+                .map(|e| e["event"].as_str().unwrap())
+                .collect::<Vec<_>>(),
+            ["STOP"],
+            "{}",
+            vm.label
+        );
+        drop(c);
+        let mut c = Client::connect(&sock);
+        c.negotiate();
+        let (_, r) = c.cmd(json!({"execute": "query-status"}));
+        assert_eq!(r["return"]["status"], "paused", "{}", vm.label);
+        assert_eq!(r["return"]["running"], false, "{}", vm.label);
+    }
+}
+
+#[test]
+fn sigterm_reports_shutdown_and_exits() {
+    for p in programs(Flavor::System) {
+        let mut vm = system_with_monitors(&p, 1);
+        let mut c = Client::connect(&vm.path("m0.sock"));
+        c.negotiate();
+        let pid = libc::pid_t::try_from(vm.child.id()).unwrap();
+        // SAFETY: kill() on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let ev = c.line();
+        assert_eq!(ev["event"], "SHUTDOWN", "{}", vm.label);
+        assert_eq!(
+            ev["data"],
+            json!({"guest": false, "reason": "host-signal"}),
+            "{}",
+            vm.label
+        );
+        let status = vm.child.wait().unwrap();
+        assert!(status.success(), "{}: {status}", vm.label);
+        assert!(
+            !vm.path("m0.sock").exists(),
+            "{}: socket file left behind",
+            vm.label
+        );
+    }
+}
+
+#[test]
+fn qmp_option_on_unix_and_loopback_tcp() {
+    for p in programs(Flavor::System) {
+        let dir = tempfile::tempdir().unwrap();
+        // A free loopback port: bind, read it, release.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut args: Vec<String> = SYSTEM_BASE.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            "-qmp".into(),
+            format!("unix:{}/q.sock,server=on,wait=off", dir.path().display()),
+        ]);
+        args.extend([
+            "-qmp".into(),
+            format!("tcp:127.0.0.1:{port},server=on,wait=off"),
+        ]);
+        let vm = spawn(&p, &args, dir);
+        let mut u = Client::connect(&vm.path("q.sock"));
+        u.negotiate();
+        let deadline = Instant::now() + TIMEOUT;
+        let t = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(t) => break t,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "{}: tcp connect: {e}", vm.label);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        };
+        t.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut line = String::new();
+        BufReader::new(t).read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("{\"QMP\": {\"version\": "),
+            "{}: {line:?}",
+            vm.label
+        );
+    }
+}
+
+#[test]
+fn an_inherited_listening_fd_is_served() {
+    for p in programs(Flavor::System) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fd.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let mut args: Vec<String> = SYSTEM_BASE.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            "-chardev".into(),
+            "socket,id=charmonitor,fd=3,server=on,wait=off".into(),
+        ]);
+        args.extend([
+            "-mon".into(),
+            "chardev=charmonitor,id=monitor,mode=control".into(),
+        ]);
+        let mut cmd = Command::new(&p.path);
+        cmd.args(&p.pre)
+            .args(&args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in &p.env {
+            cmd.env(k, v);
+        }
+        // SAFETY: dup2 is async-signal-safe; the fd is open in the parent.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                // dup2(3, 3) would keep close-on-exec: clear it explicitly.
+                if (fd != 3 && libc::dup2(fd, 3) < 0) || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        let _vm = Running {
+            child,
+            dir,
+            label: p.label.clone(),
+        };
+        let mut c = Client::connect(&path);
+        c.negotiate();
+        let (_, r) = c.cmd(json!({"execute": "query-status"}));
+        assert_eq!(r["return"]["status"], "prelaunch", "{}", p.label);
+        drop(listener);
+    }
+}
+
+#[test]
+fn daemonize_returns_once_the_monitor_listens_and_writes_the_pidfile() {
+    for p in programs(Flavor::System) {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("d.sock");
+        let pidfile = dir.path().join("qemu.pid");
+        let mut args: Vec<String> = SYSTEM_BASE.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", sock.display()),
+        ]);
+        args.extend([
+            "-pidfile".into(),
+            pidfile.display().to_string(),
+            "-daemonize".into(),
+        ]);
+        let mut cmd = Command::new(&p.path);
+        cmd.args(&p.pre)
+            .args(&args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in &p.env {
+            cmd.env(k, v);
+        }
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "{}: {status}", p.label);
+        // No waiting: the parent returned, so the monitor must accept now.
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let s = UnixStream::connect(&sock).unwrap_or_else(|e| panic!("{}: {e}", p.label));
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        assert!(line.contains("\"QMP\""), "{}: {line:?}", p.label);
+        // SAFETY: kill() on the daemon's pid, read from its pidfile.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+fn stderr_of(p: &Program, args: &[&str]) -> (i32, String) {
+    let mut cmd = Command::new(&p.path);
+    cmd.args(&p.pre)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in &p.env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (child.wait().unwrap().code().unwrap_or(-1), err)
+}
+
+#[test]
+fn unknown_options_fail_as_qemu_does() {
+    // qemu-storage-daemon uses getopt: argv[0] as given, then the message.
+    for p in programs(Flavor::Qsd) {
+        let (code, err) = stderr_of(&p, &["--bogus"]);
+        assert_eq!(code, 1, "{}", p.label);
+        assert_eq!(
+            err,
+            format!("{}: unrecognized option '--bogus'\n", p.path.display()),
+            "{}",
+            p.label
+        );
+    }
+    // The system emulator names itself by its basename.
+    for p in programs(Flavor::System) {
+        let (code, err) = stderr_of(&p, &["-bogus"]);
+        assert_eq!(code, 1, "{}", p.label);
+        let name = p.path.file_name().unwrap().to_string_lossy();
+        assert_eq!(
+            err,
+            format!("{name}: -bogus: invalid option\n"),
+            "{}",
+            p.label
+        );
+    }
+}
+
+#[test]
+fn the_profile_comes_from_the_environment_when_a_launcher_passes_only_qemu_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("p.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_mock-qemu"))
+        .env("MOCK_QEMU_PROFILE", "qemu-7.2")
+        .args([
+            "--chardev",
+            &format!("socket,path={},server=on,wait=off,id=c", sock.display()),
+            "--monitor",
+            "chardev=c",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _vm = Running {
+        child,
+        dir,
+        label: "mock".into(),
+    };
+    let mut c = Client::connect(&sock);
+    let g = c.greeting();
+    assert_eq!(
+        g["QMP"]["version"]["qemu"],
+        json!({"micro": 22, "minor": 2, "major": 7})
+    );
+}
