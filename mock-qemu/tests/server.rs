@@ -105,17 +105,24 @@ impl Running {
     }
 }
 
-fn spawn(p: &Program, args: &[String], dir: tempfile::TempDir) -> Running {
+/// The program with its flavor options, `args`, its environment, no stdin or
+/// stdout, and stderr piped.
+fn command(p: &Program, args: &[String]) -> Command {
     let mut cmd = Command::new(&p.path);
     cmd.args(&p.pre)
         .args(args)
-        .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in &p.env {
         cmd.env(k, v);
     }
+    cmd
+}
+
+fn spawn(p: &Program, args: &[String], dir: tempfile::TempDir) -> Running {
+    let mut cmd = command(p, args);
+    cmd.current_dir(dir.path());
     let child = cmd.spawn().unwrap_or_else(|e| panic!("{}: {e}", p.label));
     Running {
         child,
@@ -400,16 +407,9 @@ fn an_inherited_listening_fd_is_served() {
             "-mon".into(),
             "chardev=charmonitor,id=monitor,mode=control".into(),
         ]);
-        let mut cmd = Command::new(&p.path);
-        cmd.args(&p.pre)
-            .args(&args)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in &p.env {
-            cmd.env(k, v);
-        }
+        let mut cmd = command(&p, &args);
+        cmd.current_dir(dir.path());
+        cmd.stderr(Stdio::null());
         // SAFETY: dup2 is async-signal-safe; the fd is open in the parent.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
@@ -450,16 +450,9 @@ fn daemonize_returns_once_the_monitor_listens_and_writes_the_pidfile() {
             pidfile.display().to_string(),
             "-daemonize".into(),
         ]);
-        let mut cmd = Command::new(&p.path);
-        cmd.args(&p.pre)
-            .args(&args)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in &p.env {
-            cmd.env(k, v);
-        }
+        let mut cmd = command(&p, &args);
+        cmd.current_dir(dir.path());
+        cmd.stderr(Stdio::null());
         let status = cmd.status().unwrap();
         assert!(status.success(), "{}: {status}", p.label);
         // No waiting: the parent returned, so the monitor must accept now.
@@ -479,15 +472,8 @@ fn daemonize_returns_once_the_monitor_listens_and_writes_the_pidfile() {
 }
 
 fn stderr_of(p: &Program, args: &[&str]) -> (i32, String) {
-    let mut cmd = Command::new(&p.path);
-    cmd.args(&p.pre)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in &p.env {
-        cmd.env(k, v);
-    }
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let mut cmd = command(p, &args);
     let mut child = cmd.spawn().unwrap();
     let mut err = String::new();
     child
