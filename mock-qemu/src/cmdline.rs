@@ -124,7 +124,6 @@ pub const IGNORED_WITH_ARG: &[&str] = &[
     "smbios",
     "numa",
     "mem-path",
-    "mem-prealloc",
     "spice",
     "usbdevice",
     "run-with",
@@ -144,6 +143,7 @@ pub const IGNORED_WITH_ARG: &[&str] = &[
 
 /// Flags (no value) that the mock accepts and ignores.
 pub const IGNORED_FLAGS: &[&str] = &[
+    "mem-prealloc",
     "nodefaults",
     "no-user-config",
     "nographic",
