@@ -14,4 +14,5 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 cargo build --release --quiet -p mock-qemu --bin mock-qemu
 cargo build --release --quiet -p conformance --bin qmp-bench
-exec "$root/target/release/qmp-bench" --mock "$root/target/release/mock-qemu" "$@"
+# qmp-bench finds mock-qemu next to itself (override with --mock).
+exec "$root/target/release/qmp-bench" "$@"

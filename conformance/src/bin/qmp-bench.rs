@@ -11,13 +11,23 @@
 //! 2. **query-version round trip** on one connection, after
 //!    `qmp_capabilities`. The floor is the trivial server: a child process
 //!    (this binary, re-executed with `--trivial-server PATH`) that greets,
-//!    then answers every request line with `{"return": {}}`.
+//!    then answers every request line with fixed bytes (a copy of
+//!    qemu-storage-daemon's `query-version` reply, so every target sends the
+//!    client as many bytes), all complete lines of one read in one write.
 //! 3. **pipelined throughput**: K `query-version` requests written
 //!    back-to-back by a writer thread while the main thread reads K replies.
 //!
+//! Start-up races of qemu-storage-daemon 10.0 are tolerated and counted: a
+//! second greeting is skipped; a connection that stays silent (no greeting,
+//! or no reply to `qmp_capabilities`, within `--greeting-timeout-ms`) or is
+//! dropped is reconnected; a process that dies during start-up (it sometimes
+//! segfaults when a client connects that early) is relaunched and that
+//! launch is not timed.
+//!
 //! Targets are measured interleaved (launch by launch, block by block), so
 //! drift in the machine's load hits them alike. Nothing is pinned: client
-//! and server share the machine's CPUs with whatever else runs.
+//! and server share the machine's CPUs with whatever else runs; the report
+//! says how much CPU other processes used meanwhile.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -36,7 +46,9 @@ const CAPABILITIES: &[u8] = b"{\"execute\":\"qmp_capabilities\"}\n";
 const QUERY_VERSION: &[u8] = b"{\"execute\":\"query-version\"}\n";
 /// The trivial server's greeting: qemu-storage-daemon 10.0's, byte for byte.
 const TRIVIAL_GREETING: &[u8] = b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 2, \"minor\": 0, \"major\": 10}, \"package\": \"Debian 1:10.0.2+ds-2+deb13u1~bpo12+1\"}, \"capabilities\": [\"oob\"]}}\r\n";
-const TRIVIAL_REPLY: &[u8] = b"{\"return\": {}}\r\n";
+/// The trivial server's answer to any request: qemu-storage-daemon 10.0's
+/// query-version reply, so that the client reads as many bytes from every target.
+const TRIVIAL_REPLY: &[u8] = b"{\"return\": {\"qemu\": {\"micro\": 2, \"minor\": 0, \"major\": 10}, \"package\": \"Debian 1:10.0.2+ds-2+deb13u1~bpo12+1\"}}\r\n";
 /// Give up on a server that does not listen within this time.
 const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
 /// Reconnects allowed per launch before the launch counts as failed.
@@ -228,6 +240,9 @@ struct Hiccups {
     dup_greetings: u32,
     /// connect() attempts refused (ECONNREFUSED) or before the file existed.
     refused: u64,
+    /// Launches whose process died before a usable session (relaunched,
+    /// and left out of the timings).
+    crashes: u32,
 }
 
 impl Hiccups {
@@ -235,6 +250,7 @@ impl Hiccups {
         self.retries += o.retries;
         self.dup_greetings += o.dup_greetings;
         self.refused += o.refused;
+        self.crashes += o.crashes;
     }
 }
 
@@ -245,10 +261,12 @@ struct Client {
     line: String,
 }
 
-fn timed_out(e: &io::Error) -> bool {
+/// A stall, or a connection the server dropped: worth a reconnect.
+fn transient(e: &io::Error) -> bool {
+    use io::ErrorKind as K;
     matches!(
         e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        K::WouldBlock | K::TimedOut | K::UnexpectedEof | K::ConnectionReset | K::BrokenPipe
     )
 }
 
@@ -311,7 +329,7 @@ fn connect_poll(path: &Path, server: &mut Server, hic: &mut Hiccups) -> Result<U
             Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
         }
         hic.refused += 1;
-        if hic.refused % 256 == 0 {
+        if hic.refused & 0xff == 0 {
             if let Some(st) = server.child.try_wait()? {
                 bail!("the server exited ({st}) before listening");
             }
@@ -346,7 +364,7 @@ fn open_session(
         let greeted = match c.read_line() {
             Ok(l) if l.starts_with("{\"QMP\"") => Some(t0.elapsed()),
             Ok(l) => bail!("expected a greeting, got {:?}", l.trim_end()),
-            Err(e) if timed_out(&e) || e.kind() == io::ErrorKind::UnexpectedEof => None,
+            Err(e) if transient(&e) => None,
             Err(e) => return Err(e).context("reading the greeting"),
         };
         if let Some(greeting) = greeted {
@@ -361,7 +379,7 @@ fn open_session(
                         hiccups: hic,
                     });
                 }
-                Err(e) if timed_out(&e) || e.kind() == io::ErrorKind::UnexpectedEof => {}
+                Err(e) if transient(&e) => {}
                 Err(e) => return Err(e).context("qmp_capabilities"),
             }
         }
@@ -433,9 +451,8 @@ fn launch_once(
     out: &mut LaunchResult,
 ) -> Result<()> {
     let sock = dir.join(format!("{}-{i}.sock", t.name));
-    let cmd = t.command(&sock);
     if t.kind == Kind::True {
-        let mut cmd = cmd;
+        let mut cmd = t.command(&sock);
         let t0 = Instant::now();
         let st = cmd.status().context("running /bin/true")?;
         let d = t0.elapsed();
@@ -445,13 +462,24 @@ fn launch_once(
         out.greeting.push(ns(d));
         return Ok(());
     }
-    let t0 = Instant::now();
-    let mut server = Server::spawn(cmd, None)?;
-    let o = open_session(&sock, &mut server, t0, timeout)
-        .with_context(|| format!("{} launch #{i}", t.name))?;
+    let mut crashes = 0;
+    let (o, server) = loop {
+        let t0 = Instant::now();
+        let mut server = Server::spawn(t.command(&sock), None)?;
+        match open_session(&sock, &mut server, t0, timeout) {
+            Ok(o) => break (o, server),
+            Err(e) => {
+                crashes += 1;
+                if crashes > MAX_RETRIES || !matches!(server.child.try_wait(), Ok(Some(_))) {
+                    return Err(e.context(format!("{} launch #{i}", t.name)));
+                }
+            }
+        }
+    };
     out.greeting.push(ns(o.greeting));
     out.ready.push(ns(o.ready));
     out.hiccups.add(o.hiccups);
+    out.hiccups.crashes += crashes;
     drop(o.client);
     drop(server);
     let _ = fs::remove_file(&sock);
@@ -471,20 +499,31 @@ struct Session {
 fn start_session(t: &Target, dir: &Path, timeout: Duration) -> Result<Session> {
     let sock = dir.join(format!("{}-session.sock", t.name));
     let errf = dir.join(format!("{}-session.stderr", t.name));
-    let t0 = Instant::now();
-    let mut server = Server::spawn(t.command(&sock), Some(&errf))?;
-    let o = match open_session(&sock, &mut server, t0, timeout) {
-        Ok(o) => o,
-        Err(e) => return Err(server.explain(e)).with_context(|| format!("starting {}", t.name)),
+    let mut crashes = 0;
+    let (o, server) = loop {
+        let t0 = Instant::now();
+        let mut server = Server::spawn(t.command(&sock), Some(&errf))?;
+        match open_session(&sock, &mut server, t0, timeout) {
+            Ok(o) => break (o, server),
+            Err(e) => {
+                crashes += 1;
+                if crashes > MAX_RETRIES || !matches!(server.child.try_wait(), Ok(Some(_))) {
+                    return Err(server.explain(e)).with_context(|| format!("starting {}", t.name));
+                }
+            }
+        }
     };
     let mut s = Session {
         _server: server,
         client: o.client,
-        hiccups: o.hiccups,
+        hiccups: Hiccups {
+            crashes,
+            ..o.hiccups
+        },
         rtt: Vec::new(),
         bursts: Vec::new(),
     };
-    // The reply must be a real one for the QEMU targets.
+    // Check that query-version works (the trivial server mimics the reply).
     s.client
         .writer
         .write_all(QUERY_VERSION)
@@ -496,11 +535,7 @@ fn start_session(t: &Target, dir: &Path, timeout: Duration) -> Result<Session> {
         }
         s.hiccups.dup_greetings += 1;
     };
-    let ok = match t.kind {
-        Kind::Trivial => reply.starts_with("{\"return\""),
-        _ => reply.starts_with("{\"return\"") && reply.contains("\"qemu\""),
-    };
-    if !ok {
+    if !(reply.starts_with("{\"return\"") && reply.contains("\"qemu\"")) {
         bail!(
             "{}: unexpected query-version reply {:?}",
             t.name,
@@ -577,7 +612,7 @@ fn fmt_ns(v: Option<f64>) -> String {
 }
 
 fn fmt_rate(v: Option<f64>) -> String {
-    v.map_or("n/a".into(), |v| format!("{:.0}/s", v))
+    v.map_or("n/a".into(), |v| format!("{v:.0}/s"))
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -685,6 +720,89 @@ fn default_mock() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/release/mock-qemu"))
 }
 
+/// CPU time counters (USER_HZ ticks), to tell how busy the rest of the
+/// machine was during the run.
+#[derive(Debug, Clone, Copy)]
+struct CpuTicks {
+    /// All CPUs: user + nice + system + irq + softirq.
+    busy: u64,
+    /// All CPUs: time stolen by the hypervisor.
+    steal: u64,
+    /// This process and its reaped children: user + system.
+    own: u64,
+}
+
+impl CpuTicks {
+    fn now() -> Option<CpuTicks> {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        let me = fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name: state is field 3, utime field 14.
+        let f: Vec<u64> = me
+            .rsplit_once(") ")?
+            .1
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        Some(CpuTicks {
+            busy: cpu.first()? + cpu.get(1)? + cpu.get(2)? + cpu.get(5)? + cpu.get(6)?,
+            steal: *cpu.get(7)?,
+            own: f.get(11..15)?.iter().sum(),
+        })
+    }
+}
+
+/// What one target measured.
+#[derive(Debug, Default)]
+struct Outcome {
+    greeting: Option<Summary>,
+    ready: Option<Summary>,
+    launch_hiccups: Hiccups,
+    rtt: Option<Summary>,
+    burst: Option<Summary>,
+    session_hiccups: Hiccups,
+}
+
+fn outcome(launch: Option<&LaunchResult>, session: Option<&Session>) -> Outcome {
+    let sum = |v: &Vec<f64>| summarize(&mut v.clone());
+    Outcome {
+        greeting: launch.and_then(|l| sum(&l.greeting)),
+        ready: launch.and_then(|l| sum(&l.ready)),
+        launch_hiccups: launch.map(|l| l.hiccups).unwrap_or_default(),
+        rtt: session.and_then(|s| sum(&s.rtt)),
+        burst: session.and_then(|s| sum(&s.bursts)),
+        session_hiccups: session.map(|s| s.hiccups).unwrap_or_default(),
+    }
+}
+
+fn hiccups_json(h: &Hiccups) -> Value {
+    json!({"crashes": h.crashes, "reconnects": h.retries, "dup_greetings": h.dup_greetings, "refused_polls": h.refused})
+}
+
+impl Outcome {
+    fn per_sec(&self, k: usize) -> Option<f64> {
+        self.burst.map(|b| k as f64 / (b.median / 1e9))
+    }
+
+    fn to_json(&self, k: usize) -> Value {
+        json!({
+            "launch_greeting": summary_json(self.greeting),
+            "launch_ready": summary_json(self.ready),
+            "launch_hiccups": hiccups_json(&self.launch_hiccups),
+            "rtt": summary_json(self.rtt),
+            "pipelined_burst": summary_json(self.burst),
+            "pipelined_cmds_per_s": self.per_sec(k),
+            "session_hiccups": hiccups_json(&self.session_hiccups),
+        })
+    }
+}
+
 fn run(args: &Args) -> Result<()> {
     let timeout = Duration::from_millis(args.greeting_timeout_ms);
     let mock = args.mock.clone().unwrap_or_else(default_mock);
@@ -707,10 +825,14 @@ fn run(args: &Args) -> Result<()> {
         name,
         program: program.to_path_buf(),
     };
-    let t_true = tgt(Kind::True, "true", Path::new("/bin/true"));
-    let t_triv = tgt(Kind::Trivial, "trivial", &me);
-    let t_mock = tgt(Kind::Mock, "mock-qemu", &mock);
-    let t_qsd = with_qsd.then(|| tgt(Kind::Qsd, "qsd", &args.qsd));
+    let mut targets = vec![
+        tgt(Kind::True, "true", Path::new("/bin/true")),
+        tgt(Kind::Trivial, "trivial", &me),
+        tgt(Kind::Mock, "mock-qemu", &mock),
+    ];
+    if with_qsd {
+        targets.push(tgt(Kind::Qsd, "qsd", &args.qsd));
+    }
 
     let machine = machine_info();
     println!(
@@ -720,172 +842,192 @@ fn run(args: &Args) -> Result<()> {
         machine["cpu"].as_str().unwrap_or(""),
         machine["loadavg"].as_str().unwrap_or("")
     );
-    println!("mock-qemu: {}", mock.display());
-    if let Some(q) = &t_qsd {
-        println!("qsd:       {}", q.program.display());
+    for t in &targets[2..] {
+        println!("{:<10} {}", format!("{}:", t.name), t.program.display());
     }
     println!(
-        "floor: launch = spawn /bin/true + wait; round trip = trivial server (child process: this binary, --trivial-server)"
+        "floor: launch = spawn /bin/true + wait for its exit; round trip and throughput = trivial \
+         server (a child process: this binary with --trivial-server)"
     );
     let dir = tempfile::Builder::new().prefix("qmp-bench").tempdir()?;
     let started = Instant::now();
+    let ticks0 = CpuTicks::now();
 
-    // 1. Launches, interleaved; the first of each target warms the page cache
-    // and checks that the target starts at all (its stderr is kept).
-    let mut launch_targets: Vec<&Target> = vec![&t_true, &t_triv, &t_mock];
-    launch_targets.extend(t_qsd.as_ref());
-    for t in &launch_targets {
-        if t.kind != Kind::True {
-            drop(start_session(t, dir.path(), timeout)?);
-        }
+    // 1. Launches, interleaved target by target. A first session of each
+    // server warms the page cache and checks that it starts at all.
+    for t in targets.iter().filter(|t| t.kind != Kind::True) {
+        drop(start_session(t, dir.path(), timeout)?);
     }
-    let mut launches: Vec<LaunchResult> = launch_targets
-        .iter()
-        .map(|_| LaunchResult::default())
-        .collect();
+    let mut launches: Vec<LaunchResult> = targets.iter().map(|_| LaunchResult::default()).collect();
     for i in 0..args.launches {
-        for (t, out) in launch_targets.iter().zip(launches.iter_mut()) {
+        for (t, out) in targets.iter().zip(launches.iter_mut()) {
             launch_once(t, dir.path(), i, timeout, out)?;
         }
     }
     let t_launch = started.elapsed();
 
-    // 2 + 3. One session per target, round trips and bursts interleaved.
-    let mut sess_targets: Vec<&Target> = vec![&t_triv, &t_mock];
-    sess_targets.extend(t_qsd.as_ref());
-    let mut sessions: Vec<Session> = sess_targets
+    // 2 + 3. One session per server; round trips in interleaved blocks, then
+    // interleaved bursts.
+    let servers: Vec<&Target> = targets.iter().filter(|t| t.kind != Kind::True).collect();
+    let mut sessions: Vec<Session> = servers
         .iter()
         .map(|t| start_session(t, dir.path(), timeout))
         .collect::<Result<_>>()?;
-    for (t, s) in sess_targets.iter().zip(sessions.iter_mut()) {
+    for (t, s) in servers.iter().zip(sessions.iter_mut()) {
         round_trips(s, args.warmup, false).with_context(|| format!("{} warm-up", t.name))?;
     }
     let mut left = args.round_trips;
     while left > 0 {
         let n = left.min(RTT_BLOCK);
-        for (t, s) in sess_targets.iter().zip(sessions.iter_mut()) {
+        for (t, s) in servers.iter().zip(sessions.iter_mut()) {
             round_trips(s, n, true).with_context(|| format!("{} round trips", t.name))?;
         }
         left -= n;
     }
     let t_rtt = started.elapsed() - t_launch;
-    if args.pipeline > 0 {
-        for _ in 0..args.pipeline_reps {
-            for (t, s) in sess_targets.iter().zip(sessions.iter_mut()) {
-                let d = burst(s, args.pipeline).with_context(|| format!("{} pipelined", t.name))?;
-                s.bursts.push(ns(d));
-            }
+    for _ in 0..if args.pipeline > 0 {
+        args.pipeline_reps
+    } else {
+        0
+    } {
+        for (t, s) in servers.iter().zip(sessions.iter_mut()) {
+            let d = burst(s, args.pipeline).with_context(|| format!("{} pipelined", t.name))?;
+            s.bursts.push(ns(d));
         }
     }
     let t_total = started.elapsed();
 
-    // Summaries, indexed floor / mock / qsd.
-    let launch_of = |k: Kind| {
-        launch_targets
+    let outcomes: Vec<Outcome> = targets
+        .iter()
+        .zip(&launches)
+        .map(|(t, l)| {
+            let s = servers
+                .iter()
+                .position(|x| x.kind == t.kind)
+                .map(|i| &sessions[i]);
+            outcome(Some(l), s)
+        })
+        .collect();
+    drop(sessions);
+    let ticks1 = CpuTicks::now();
+    let of = |k: Kind| {
+        targets
             .iter()
             .position(|t| t.kind == k)
-            .map(|i| &launches[i])
+            .map(|i| &outcomes[i])
     };
-    let sess_of = |k: Kind| {
-        sess_targets
-            .iter()
-            .position(|t| t.kind == k)
-            .map(|i| &sessions[i])
-    };
-    let sum = |v: Option<&Vec<f64>>| v.and_then(|v| summarize(&mut v.clone()));
-    let greet = [Kind::True, Kind::Mock, Kind::Qsd].map(|k| sum(launch_of(k).map(|l| &l.greeting)));
-    let ready = [Kind::True, Kind::Mock, Kind::Qsd].map(|k| sum(launch_of(k).map(|l| &l.ready)));
-    let triv_launch = launch_of(Kind::Trivial).expect("measured");
-    let triv_greet = sum(Some(&triv_launch.greeting));
-    let triv_ready = sum(Some(&triv_launch.ready));
-    let rtt = [Kind::Trivial, Kind::Mock, Kind::Qsd].map(|k| sum(sess_of(k).map(|s| &s.rtt)));
-    let burst_med =
-        [Kind::Trivial, Kind::Mock, Kind::Qsd].map(|k| sum(sess_of(k).map(|s| &s.bursts)));
-    let tput = burst_med.map(|b| b.map(|b| args.pipeline as f64 / (b.median / 1e9)));
-    let pick = |s: &[Option<Summary>; 3], f: fn(&Summary) -> f64| s.map(|x| x.as_ref().map(f));
-    // launch → ready has no /bin/true equivalent: its ratios use /bin/true's exit.
-    let ready_with_floor = [greet[0], ready[1], ready[2]];
+    let none = Outcome::default();
+    let [o_true, o_triv, o_mock] =
+        [Kind::True, Kind::Trivial, Kind::Mock].map(|k| of(k).unwrap_or(&none));
+    let o_qsd = of(Kind::Qsd).unwrap_or(&none);
 
+    // The table: launch floor = /bin/true (also for launch→ready, which it
+    // has no equivalent of), round-trip floor = the trivial server.
+    let col =
+        |f: &Outcome, get: &dyn Fn(&Outcome) -> Option<f64>| [get(f), get(o_mock), get(o_qsd)];
+    let med = |s: Option<Summary>| s.map(|s| s.median);
+    let p99 = |s: Option<Summary>| s.map(|s| s.p99);
     let rows = vec![
-        Row::time("launch→greeting median", pick(&greet, |s| s.median)),
-        Row::time("launch→greeting p99", pick(&greet, |s| s.p99)),
-        Row::time("launch→ready median", pick(&ready_with_floor, |s| s.median)),
-        Row::time("launch→ready p99", pick(&ready_with_floor, |s| s.p99)),
-        Row::time("query-version RTT median", pick(&rtt, |s| s.median)),
-        Row::time("query-version RTT p99", pick(&rtt, |s| s.p99)),
-        Row::rate("pipelined throughput", tput),
+        Row::time("launch→greeting median", col(o_true, &|o| med(o.greeting))),
+        Row::time("launch→greeting p99", col(o_true, &|o| p99(o.greeting))),
+        Row::time(
+            "launch→ready median",
+            [med(o_true.greeting), med(o_mock.ready), med(o_qsd.ready)],
+        ),
+        Row::time(
+            "launch→ready p99",
+            [p99(o_true.greeting), p99(o_mock.ready), p99(o_qsd.ready)],
+        ),
+        Row::time("query-version RTT median", col(o_triv, &|o| med(o.rtt))),
+        Row::time("query-version RTT p99", col(o_triv, &|o| p99(o.rtt))),
+        Row::rate(
+            "pipelined throughput",
+            col(o_triv, &|o| o.per_sec(args.pipeline)),
+        ),
     ];
+
     println!();
     println!(
-        "launches: {} per target; round trips: {} per target after {} warm-up; pipelined: {} x {} requests",
+        "launches: {} per target; round trips: {} per target after {} warm-up; pipelined: \
+         median of {} bursts of {} requests",
         args.launches, args.round_trips, args.warmup, args.pipeline_reps, args.pipeline
     );
     print!("{}", render(&rows));
-    println!("ratios compare times (for throughput: time per command); >1 means slower than the denominator.");
     println!(
-        "floor: launch = /bin/true (spawn→exit; for launch→ready too); RTT/throughput = trivial server."
+        "ratios compare times (for throughput: time per command); >1 means slower than the \
+         denominator. launch→ready = reply to qmp_capabilities received."
     );
     println!(
-        "trivial server launch (a Rust binary binding a socket): →greeting median {} p99 {}, →ready median {} p99 {}",
-        fmt_ns(triv_greet.map(|s| s.median)),
-        fmt_ns(triv_greet.map(|s| s.p99)),
-        fmt_ns(triv_ready.map(|s| s.median)),
-        fmt_ns(triv_ready.map(|s| s.p99)),
+        "trivial server launch (a small Rust binary binding a socket): →greeting median {} p99 {}",
+        fmt_ns(med(o_triv.greeting)),
+        fmt_ns(p99(o_triv.greeting)),
     );
-    for (t, l) in launch_targets.iter().zip(&launches) {
-        if t.kind != Kind::True {
-            println!(
-                "{:>10} launches: {} reconnects after a stall/EOF, {} duplicate greetings, {} refused/absent connect polls",
-                t.name, l.hiccups.retries, l.hiccups.dup_greetings, l.hiccups.refused
-            );
-        }
+    for (t, o) in targets
+        .iter()
+        .zip(&outcomes)
+        .filter(|(t, _)| t.kind != Kind::True)
+    {
+        let (l, s) = (&o.launch_hiccups, &o.session_hiccups);
+        println!(
+            "{:>10}: launches: {} crashed (relaunched, not timed), {} reconnects after a \
+             stall/EOF, {} duplicate greetings, {} refused connect polls; session: {} crashed, \
+             {} reconnects, {} duplicate greetings",
+            t.name,
+            l.crashes,
+            l.retries,
+            l.dup_greetings,
+            l.refused,
+            s.crashes,
+            s.retries,
+            s.dup_greetings
+        );
     }
-    for (t, s) in sess_targets.iter().zip(&sessions) {
-        if s.hiccups.retries + s.hiccups.dup_greetings > 0 {
-            println!(
-                "{:>10} session: {} reconnects, {} duplicate greetings",
-                t.name, s.hiccups.retries, s.hiccups.dup_greetings
-            );
-        }
-    }
-    let targets_met = |name: &str, r: Option<f64>, limit: f64| match r {
+    let verdict = |name: &str, r: Option<f64>, limit: f64| match r {
         Some(r) => println!(
             "target {name}: {r:.2}x (limit {limit}x) {}",
             if r <= limit { "MET" } else { "NOT MET" }
         ),
         None => println!("target {name}: n/a"),
     };
-    targets_met(
+    verdict(
         "launch→greeting median ≤ 2x /bin/true",
         rows[0].ratios()[0],
         2.0,
     );
-    targets_met(
-        "query-version RTT median ≤ 1.5x trivial",
+    verdict(
+        "query-version RTT median ≤ 1.5x trivial server",
         rows[4].ratios()[0],
         1.5,
     );
+
+    // Noise: CPU that other processes used while we ran, and steal.
+    let secs = t_total.as_secs_f64();
+    let noise = match (ticks0, ticks1) {
+        (Some(a), Some(b)) => {
+            let hz = 100.0; // USER_HZ, fixed at 100 for /proc on Linux.
+            let others = b.busy.saturating_sub(a.busy).saturating_sub(b.own - a.own) as f64 / hz;
+            let steal = b.steal.saturating_sub(a.steal) as f64 / hz;
+            json!({"other_cpu_s": others, "steal_cpu_s": steal})
+        }
+        _ => Value::Null,
+    };
     println!(
-        "time: {:.1} s (launches {:.1} s, round trips {:.1} s, pipelined {:.1} s). Unpinned: expect a few % run-to-run noise on medians, more on p99.",
-        t_total.as_secs_f64(),
+        "time: {secs:.1} s (launches {:.1} s, round trips {:.1} s, pipelined {:.1} s); loadavg at end [{}]",
         t_launch.as_secs_f64(),
         t_rtt.as_secs_f64(),
-        (t_total - t_launch - t_rtt).as_secs_f64()
+        (t_total - t_launch - t_rtt).as_secs_f64(),
+        machine_info()["loadavg"].as_str().unwrap_or("")
     );
+    if let (Some(o), Some(st)) = (noise["other_cpu_s"].as_f64(), noise["steal_cpu_s"].as_f64()) {
+        println!(
+            "noise: other processes used {o:.1} CPU-s during the run ({:.0}% of one CPU), steal \
+             {st:.1} s. Nothing is pinned: medians move a few % between quiet runs; re-run if \
+             other processes were busy.",
+            100.0 * o / secs
+        );
+    }
 
     if let Some(path) = &args.json {
-        let per = |k: Kind| -> Value {
-            let l = launch_of(k);
-            let s = sess_of(k);
-            json!({
-                "launch_greeting": summary_json(l.and_then(|l| summarize(&mut l.greeting.clone()))),
-                "launch_ready": summary_json(l.and_then(|l| summarize(&mut l.ready.clone()))),
-                "launch_hiccups": l.map(|l| json!({"retries": l.hiccups.retries, "dup_greetings": l.hiccups.dup_greetings, "refused": l.hiccups.refused})),
-                "rtt": summary_json(s.and_then(|s| summarize(&mut s.rtt.clone()))),
-                "pipelined_burst": summary_json(s.and_then(|s| summarize(&mut s.bursts.clone()))),
-                "pipelined_cmds_per_s": s.and_then(|s| summarize(&mut s.bursts.clone())).map(|b| args.pipeline as f64 / (b.median / 1e9)),
-            })
-        };
         let ratios: Vec<Value> = rows
             .iter()
             .map(|r| {
@@ -893,22 +1035,27 @@ fn run(args: &Args) -> Result<()> {
                 json!({"metric": r.label, "mock/floor": a, "qsd/floor": b, "mock/qsd": c})
             })
             .collect();
+        let mut per_target = serde_json::Map::new();
+        for (t, o) in targets.iter().zip(&outcomes) {
+            per_target.insert(t.name.to_owned(), o.to_json(args.pipeline));
+        }
         let doc = json!({
             "machine": machine,
             "config": {
-                "mock": mock, "qsd": t_qsd.as_ref().map(|t| &t.program),
-                "launches": args.launches, "round_trips": args.round_trips, "warmup": args.warmup,
-                "pipeline": args.pipeline, "pipeline_reps": args.pipeline_reps,
+                "mock": mock,
+                "qsd": with_qsd.then_some(&args.qsd),
+                "launches": args.launches,
+                "round_trips": args.round_trips,
+                "warmup": args.warmup,
+                "pipeline": args.pipeline,
+                "pipeline_reps": args.pipeline_reps,
                 "greeting_timeout_ms": args.greeting_timeout_ms,
             },
-            "targets": {
-                "true": per(Kind::True),
-                "trivial": per(Kind::Trivial),
-                "mock-qemu": per(Kind::Mock),
-                "qsd": if with_qsd { per(Kind::Qsd) } else { Value::Null },
-            },
+            "floor": {"launch": "/bin/true", "round_trip": "trivial"},
+            "targets": per_target,
             "ratios": ratios,
-            "seconds": t_total.as_secs_f64(),
+            "noise": noise,
+            "seconds": secs,
         });
         fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
