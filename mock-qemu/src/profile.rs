@@ -125,17 +125,29 @@ impl FromStr for Flavor {
 }
 
 /// One impersonated QEMU build.
+///
+/// The greeting and `query-version` are parsed when the profile is loaded;
+/// the schema (100–240 KB of JSON) is parsed on first use, or ahead of time
+/// by [`Profile::warm`] on another thread, so that a launched mock greets its
+/// first client without waiting for it.
 #[derive(Debug)]
 pub struct Profile {
     version: Version,
     flavor: Flavor,
     greeting: QObject,
     query_version: QObject,
+    rec: Recorded,
+    schemas: OnceLock<Schemas>,
+}
+
+#[derive(Debug)]
+struct Schemas {
     query_commands: QObject,
     schema_raw: QObject,
     schema: Schema,
 }
 
+#[derive(Debug)]
 struct Recorded {
     greeting: &'static str,
     version: &'static str,
@@ -190,6 +202,19 @@ fn parse(
     })
 }
 
+/// A recorded reply line's `return` value.
+fn return_value(
+    version: Version,
+    flavor: Flavor,
+    what: &str,
+    text: &str,
+) -> Result<serde_json::Value, ProfileError> {
+    let mut v = parse(version, flavor, what, text)?;
+    Ok(v.get_mut("return")
+        .map(serde_json::Value::take)
+        .unwrap_or(v))
+}
+
 impl Profile {
     /// Loads (once per process) the recorded profile of a version and flavor.
     pub fn get(version: Version, flavor: Flavor) -> Result<Arc<Profile>, ProfileError> {
@@ -212,29 +237,57 @@ impl Profile {
         let rec = recorded(version, flavor).ok_or(ProfileError::NotRecorded(version, flavor))?;
         // Each file is the line QEMU sent (greeting) or its reply line.
         let greeting = parse(version, flavor, "greeting.json", rec.greeting)?;
-        let ret = |what: &str, text: &str| -> Result<serde_json::Value, ProfileError> {
-            let mut v = parse(version, flavor, what, text)?;
-            Ok(v.get_mut("return")
-                .map(serde_json::Value::take)
-                .unwrap_or(v))
-        };
-        let qv = ret("query-version.json", rec.version)?;
-        let qc = ret("query-commands.json", rec.commands)?;
-        let schema_v = ret("query-qmp-schema.json", rec.schema)?;
+        let qv = return_value(version, flavor, "query-version.json", rec.version)?;
+        Ok(Profile {
+            version,
+            flavor,
+            greeting: QObject::from_wire(&greeting),
+            query_version: QObject::from_wire(&qv),
+            rec,
+            schemas: OnceLock::new(),
+        })
+    }
+
+    /// Parses the schema data now, reporting malformed data (a launched mock
+    /// calls this on a background thread while it binds and greets).
+    pub fn warm(&self) -> Result<(), ProfileError> {
+        if self.schemas.get().is_none() {
+            let s = self.load_schemas()?;
+            let _ = self.schemas.set(s);
+        }
+        Ok(())
+    }
+
+    fn load_schemas(&self) -> Result<Schemas, ProfileError> {
+        let (version, flavor) = (self.version, self.flavor);
+        let qc = return_value(version, flavor, "query-commands.json", self.rec.commands)?;
+        let schema_v = return_value(version, flavor, "query-qmp-schema.json", self.rec.schema)?;
         let schema =
             Schema::from_introspection(&schema_v).map_err(|e| ProfileError::Malformed {
                 version,
                 flavor,
                 what: format!("query-qmp-schema.json: {e}"),
             })?;
-        Ok(Profile {
-            version,
-            flavor,
-            greeting: QObject::from_wire(&greeting),
-            query_version: QObject::from_wire(&qv),
+        Ok(Schemas {
             query_commands: QObject::from_wire(&qc),
             schema_raw: QObject::from_wire(&schema_v),
             schema,
+        })
+    }
+
+    fn schemas(&self) -> &Schemas {
+        self.schemas.get_or_init(|| {
+            // The data is compiled in and `every_recorded_profile_loads`
+            // checks it, so this cannot fail in a build that passed its tests;
+            // still, serve an empty schema rather than panic.
+            self.load_schemas().unwrap_or_else(|e| {
+                eprintln!("mock-qemu: {e}");
+                Schemas {
+                    query_commands: QObject::List(vec![]),
+                    schema_raw: QObject::List(vec![]),
+                    schema: Schema::empty(),
+                }
+            })
         })
     }
 
@@ -265,17 +318,17 @@ impl Profile {
 
     /// `query-commands`' return value, in the order the real QEMU lists them.
     pub fn query_commands(&self) -> &QObject {
-        &self.query_commands
+        &self.schemas().query_commands
     }
 
     /// `query-qmp-schema`'s return value, verbatim.
     pub fn schema_raw(&self) -> &QObject {
-        &self.schema_raw
+        &self.schemas().schema_raw
     }
 
     /// The parsed schema.
     pub fn schema(&self) -> &Schema {
-        &self.schema
+        &self.schemas().schema
     }
 
     /// Whether the greeting offers the `oob` capability.
@@ -288,5 +341,32 @@ impl Profile {
             .is_some_and(
                 |c| matches!(c, QObject::List(l) if l.iter().any(|x| x.as_str() == Some("oob"))),
             )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_recorded_profile_loads() {
+        for v in Version::ALL {
+            for f in [Flavor::Qsd, Flavor::System] {
+                let Ok(p) = Profile::get(v, f) else {
+                    assert_eq!(
+                        (v, f),
+                        (Version::V5_2, Flavor::System),
+                        "only 5.2 system is unrecorded"
+                    );
+                    continue;
+                };
+                p.warm().unwrap();
+                assert!(p.schema().command("query-version").is_some(), "{v} {f}");
+                assert!(
+                    matches!(p.query_commands(), QObject::List(l) if l.len() > 50),
+                    "{v} {f}"
+                );
+            }
+        }
     }
 }

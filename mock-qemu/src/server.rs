@@ -56,6 +56,7 @@ impl Hub {
 pub struct MockQemu {
     hub: Arc<Mutex<Hub>>,
     shutdown: watch::Sender<bool>,
+    warmed: Arc<std::sync::Once>,
 }
 
 /// Where a monitor listens.
@@ -77,6 +78,7 @@ impl MockQemu {
                 queues: BTreeMap::new(),
             })),
             shutdown,
+            warmed: Arc::new(std::sync::Once::new()),
         }
     }
 
@@ -158,6 +160,7 @@ impl MockQemu {
         out.push_str("\r\n");
         writer.write_all(out.as_bytes()).await?;
         out.clear();
+        self.warm_profile();
         let mut streamer = JsonStreamer::new();
         let mut buf = vec![0u8; READ_CHUNK];
         let mut items: Vec<Parsed> = Vec::new();
@@ -208,6 +211,20 @@ impl MockQemu {
                 }
             }
         }
+    }
+
+    /// Once the first greeting is out, parses the profile's schema on a
+    /// thread of its own: the greeting does not wait for it, and the first
+    /// command usually finds it ready.
+    fn warm_profile(&self) {
+        self.warmed.call_once(|| {
+            let profile = Arc::clone(self.hub().core.profile());
+            std::thread::spawn(move || {
+                if let Err(e) = profile.warm() {
+                    eprintln!("mock-qemu: {e}");
+                }
+            });
+        });
     }
 
     /// Writes `out` plus everything queued, in one write.

@@ -21,6 +21,9 @@ pub struct Schema {
     commands: BTreeMap<String, CommandInfo>,
 }
 impl Schema {
+    pub fn empty() -> Schema {
+        Schema::default()
+    }
     pub fn from_introspection(v: &serde_json::Value) -> Result<Schema, SchemaError> {
         let mut s = Schema::default();
         for e in v
