@@ -5,6 +5,7 @@
 //! QEMU's own C code makes. [`execute`] is the routing table.
 
 mod control;
+mod jobs;
 mod system;
 
 use std::collections::BTreeMap;
@@ -49,6 +50,20 @@ pub fn execute(
         "query-status" => system::QueryStatus.apply(ctx),
         "stop" => system::Stop.apply(ctx),
         "cont" => system::Cont.apply(ctx),
+        "query-jobs" => jobs::QueryJobs::new("query-jobs").apply(ctx),
+        "query-block-jobs" => jobs::QueryJobs::new("query-block-jobs").apply(ctx),
+        "job-pause" | "job-resume" | "job-cancel" | "job-complete" | "job-finalize"
+        | "job-dismiss" => jobs::JobVerb::parse(name, jobs::Family::Job, args)?.apply(ctx),
+        "block-job-pause"
+        | "block-job-resume"
+        | "block-job-cancel"
+        | "block-job-complete"
+        | "block-job-finalize"
+        | "block-job-dismiss"
+        | "block-job-set-speed"
+        | "block-job-change" => {
+            jobs::JobVerb::parse(name, jobs::Family::BlockJob, args)?.apply(ctx)
+        }
         _ => Err(not_implemented(ctx.profile, name)),
     }
 }

@@ -6,7 +6,17 @@
 
 pub mod clock;
 
+use std::collections::BTreeMap;
+
 use clock::{VirtualClock, VirtualTime};
+
+/// A job (block-stream, mirror, …). The engine that creates and runs jobs
+/// arrives with the jobs issue; the table and its lookups exist already.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The job id (`job-id`).
+    pub id: String,
+}
 
 /// The run state of the impersonated process (system emulator's `query-status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +60,7 @@ pub struct Stamped {
 #[derive(Debug)]
 pub struct Machine {
     clock: VirtualClock,
+    jobs: BTreeMap<String, Job>,
     run_state: RunState,
     quit_requested: bool,
     outbox: Vec<Stamped>,
@@ -60,6 +71,7 @@ impl Machine {
     pub fn new(epoch: VirtualTime, start_paused: bool) -> Self {
         Machine {
             clock: VirtualClock::new(epoch),
+            jobs: BTreeMap::new(),
             run_state: if start_paused {
                 RunState::Prelaunch
             } else {
@@ -78,6 +90,17 @@ impl Machine {
     /// Moves virtual time forward.
     pub fn advance(&mut self, micros: u64) {
         self.clock.advance(micros);
+    }
+
+    /// The job with this id, if one exists (concluded ones included until
+    /// dismissed).
+    pub fn job(&self, id: &str) -> Option<&Job> {
+        self.jobs.get(id)
+    }
+
+    /// Number of jobs that exist.
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
     }
 
     /// Current run state.
