@@ -14,6 +14,7 @@
 pub mod compare;
 pub mod normalize;
 pub mod play;
+pub mod probe;
 pub mod record;
 pub mod runner;
 pub mod scenario;

@@ -1,5 +1,6 @@
 //! Playing a scenario over one QMP connection and recording the transcript.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -161,7 +162,10 @@ pub async fn play(
                         Entry::SentRaw(escape(bytes))
                     },
                 );
-                write(&mut conn, bytes).await;
+                match target.workdir() {
+                    Some(w) => write(&mut conn, &with_workdir(bytes, w)).await,
+                    None => write(&mut conn, bytes).await,
+                }
                 if *sync {
                     sync_no += 1;
                     synchronise(&mut conn, &mut t, sync_no, opts).await?;
@@ -169,6 +173,14 @@ pub async fn play(
                 } else {
                     pending_unsynced = true;
                 }
+            }
+            Step::Setup(cmd) => {
+                let dir = target
+                    .workdir()
+                    .map(Path::to_path_buf)
+                    .ok_or_else(|| anyhow!("setup needs a target with a work folder: {cmd}"))?;
+                run_setup(cmd, &dir, opts).await?;
+                t.entries.push(Entry::Setup(cmd.clone()));
             }
             Step::Reconnect => {
                 drop(conn);
@@ -199,6 +211,47 @@ pub async fn play(
         synchronise(&mut conn, &mut t, sync_no, opts).await?;
     }
     Ok(t)
+}
+
+/// `<workdir>` in sent bytes becomes the target's work folder.
+fn with_workdir(bytes: &[u8], dir: &Path) -> Vec<u8> {
+    const P: &[u8] = b"<workdir>";
+    let d = dir.as_os_str().as_encoded_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(P) {
+            out.extend_from_slice(d);
+            i += P.len();
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+async fn run_setup(cmd: &str, dir: &Path, opts: &PlayOptions) -> Result<()> {
+    let cmd_text = cmd.replace("<workdir>", &dir.display().to_string());
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&cmd_text)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(opts.timeout * 6, child)
+        .await
+        .map_err(|_| anyhow!("setup timed out: {cmd}"))?
+        .with_context(|| format!("running setup: {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "setup failed ({}): {cmd}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 async fn write(conn: &mut Conn, bytes: &[u8]) {

@@ -18,6 +18,11 @@
 //!   incomplete on purpose).
 //! - `reconnect`: closes the connection and opens a new one (a new greeting).
 //! - `expect-close`: the server ends the connection (after `quit`).
+//! - `setup CMD`: runs `sh -c CMD` in the target's work folder before going
+//!   on (create an image with qemu-img, write data with qemu-io); a failure
+//!   fails the case.
+//!
+//! `<workdir>` in any step stands for the target's private work folder.
 //!
 //! Synchronising sends a marker command (see [`SYNC_ID_PREFIX`]) and reads
 //! until its reply, so each step's output is complete without sleeping; the
@@ -44,6 +49,8 @@ pub enum Step {
     Reconnect,
     /// The server closes the connection.
     ExpectClose,
+    /// A shell command run in the work folder.
+    Setup(String),
 }
 
 /// A parsed scenario file.
@@ -119,6 +126,8 @@ impl Scenario {
                 });
             } else if line == "reconnect" {
                 s.steps.push(Step::Reconnect);
+            } else if let Some(cmd) = line.strip_prefix("setup ") {
+                s.steps.push(Step::Setup(cmd.trim().to_owned()));
             } else if line == "expect-close" {
                 s.steps.push(Step::ExpectClose);
             } else {

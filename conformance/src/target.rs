@@ -62,12 +62,22 @@ pub fn launch_args(flavor: Flavor) -> Vec<String> {
     }
 }
 
+/// A fresh private work folder (every case starts with an empty one).
+fn work_folder() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("qmp-conform-")
+        .tempdir()
+        .context("creating a work folder")
+}
+
 /// mock-qemu in this process.
 #[derive(Debug)]
 pub struct InProcess {
     profile: Arc<Profile>,
     config: CoreConfig,
     mock: MockQemu,
+    /// Work folder for setup steps and the images a scenario names.
+    dir: tempfile::TempDir,
 }
 
 impl InProcess {
@@ -89,6 +99,7 @@ impl InProcess {
             profile,
             config,
             mock,
+            dir: work_folder()?,
         })
     }
 
@@ -106,11 +117,12 @@ impl Target for InProcess {
         Box::pin(async move {
             self.mock.shutdown();
             self.mock = MockQemu::new(Core::new(Arc::clone(&self.profile), &self.config));
+            self.dir = work_folder()?;
             Ok(())
         })
     }
     fn workdir(&self) -> Option<&Path> {
-        None
+        Some(self.dir.path())
     }
     fn describe(&self) -> String {
         format!("mock-qemu (in process, {})", self.profile.label())
@@ -202,10 +214,7 @@ pub struct Process {
 impl Process {
     /// Launches the program.
     pub async fn launch(spec: LaunchSpec) -> Result<Process> {
-        let dir = tempfile::Builder::new()
-            .prefix("qmp-conform-")
-            .tempdir()
-            .context("creating a work folder")?;
+        let dir = work_folder()?;
         let sock = dir.path().join("qmp.sock");
         let mut p = Process {
             spec,
@@ -305,6 +314,9 @@ impl Target for Process {
     fn restart(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.stop().await;
+            // A fresh folder: no image or socket of the previous case remains.
+            self.dir = work_folder()?;
+            self.sock = self.dir.path().join("qmp.sock");
             self.start().await
         })
     }

@@ -8,6 +8,7 @@
 //! <- {"return": {}}
 //! => "{\"execute\": \"qu"
 //! == reconnect
+//! == setup qemu-img create -f qcow2 <workdir>/a.qcow2 1M
 //! == closed
 //! ```
 //! `<-` lines are exactly the bytes received, without the CRLF that ended
@@ -32,6 +33,8 @@ pub enum Entry {
     RecvBadFraming(String),
     /// The client reconnected.
     Reconnect,
+    /// A setup command ran (in the target's work folder).
+    Setup(String),
     /// The server closed the connection.
     Closed,
 }
@@ -75,6 +78,11 @@ impl Transcript {
                     let _ = writeln!(s, "<~ {t}");
                 }
                 Entry::Reconnect => s.push_str("== reconnect\n"),
+                Entry::Setup(c) => {
+                    s.push_str("== setup ");
+                    s.push_str(c);
+                    s.push('\n');
+                }
                 Entry::Closed => s.push_str("== closed\n"),
             }
         }
@@ -101,6 +109,8 @@ impl Transcript {
                 Entry::RecvBadFraming(r.to_owned())
             } else if line == "== reconnect" {
                 Entry::Reconnect
+            } else if let Some(c) = line.strip_prefix("== setup ") {
+                Entry::Setup(c.to_owned())
             } else if line == "== closed" {
                 Entry::Closed
             } else if line.is_empty() {
