@@ -4,7 +4,9 @@
 //! deserializing them cannot fail on shape; a command only adds the checks
 //! QEMU's own C code makes. [`execute`] is the routing table.
 
+mod blockdev;
 mod control;
+mod desc;
 mod jobs;
 mod system;
 
@@ -50,6 +52,9 @@ pub fn execute(
         "query-status" => system::QueryStatus.apply(ctx),
         "stop" => system::Stop.apply(ctx),
         "cont" => system::Cont.apply(ctx),
+        "blockdev-add" => blockdev::BlockdevAdd::new(dict(&args)).apply(ctx),
+        "blockdev-del" => blockdev::BlockdevDel::new(&dict(&args)).apply(ctx),
+        "query-named-block-nodes" => blockdev::QueryNamedBlockNodes::new(&dict(&args)).apply(ctx),
         "query-jobs" => jobs::QueryJobs::new("query-jobs").apply(ctx),
         "query-block-jobs" => jobs::QueryJobs::new("query-block-jobs").apply(ctx),
         "job-pause" | "job-resume" | "job-cancel" | "job-complete" | "job-finalize"
@@ -65,6 +70,14 @@ pub fn execute(
             jobs::JobVerb::parse(name, jobs::Family::BlockJob, args)?.apply(ctx)
         }
         _ => Err(not_implemented(ctx.profile, name)),
+    }
+}
+
+/// Checked arguments as a QDict, members in the order the client sent them.
+fn dict(args: &serde_json::Value) -> QDict {
+    match QObject::from(args) {
+        QObject::Dict(d) => d,
+        _ => QDict::new(),
     }
 }
 

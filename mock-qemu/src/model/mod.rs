@@ -5,10 +5,12 @@
 //! and what it wants to tell clients goes into its outbox as [`ModelEvent`]s.
 
 pub mod clock;
+pub mod graph;
 
 use std::collections::BTreeMap;
 
 use clock::{VirtualClock, VirtualTime};
+use graph::Graph;
 
 /// A job (block-stream, mirror, …). The engine that creates and runs jobs
 /// arrives with the jobs issue; the table and its lookups exist already.
@@ -61,6 +63,7 @@ pub struct Stamped {
 pub struct Machine {
     clock: VirtualClock,
     jobs: BTreeMap<String, Job>,
+    graph: Graph,
     run_state: RunState,
     quit_requested: bool,
     outbox: Vec<Stamped>,
@@ -72,6 +75,7 @@ impl Machine {
         Machine {
             clock: VirtualClock::new(epoch),
             jobs: BTreeMap::new(),
+            graph: Graph::new(),
             run_state: if start_paused {
                 RunState::Prelaunch
             } else {
@@ -96,6 +100,16 @@ impl Machine {
     /// dismissed).
     pub fn job(&self, id: &str) -> Option<&Job> {
         self.jobs.get(id)
+    }
+
+    /// The block node graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The block node graph, for changes.
+    pub fn graph_mut(&mut self) -> &mut Graph {
+        &mut self.graph
     }
 
     /// Number of jobs that exist.

@@ -7,3 +7,4 @@ pub mod error;
 pub mod json;
 pub mod qobject;
 pub mod schema;
+pub mod shape;

@@ -1,0 +1,32 @@
+//! Error texts of the block layer, per profile.
+//!
+//! A `desc` is protocol data: each text here is what the named QEMU versions
+//! send, as the recorded fixtures show (`fixtures/qemu-*/…/blockdev/`). Where
+//! QEMU reworded a message, the version decides.
+
+use crate::model::graph::GraphError;
+use crate::profile::Version;
+use crate::qmp::error::QmpError;
+
+/// The text QEMU gives for a graph rule, in the profile's wording.
+pub fn graph_error(v: Version, e: &GraphError) -> QmpError {
+    // QEMU 6.x reworded the node-name messages (5.2 → 7.2 recordings).
+    let old = v < Version::V7_2;
+    QmpError::generic(match e {
+        GraphError::InvalidName(_) if old => "Invalid node name".to_owned(),
+        GraphError::InvalidName(n) => format!("Invalid node-name: '{n}'"),
+        GraphError::Duplicate(_) if old => "Duplicate node name".to_owned(),
+        GraphError::Duplicate(n) => format!("Duplicate nodes with node-name='{n}'"),
+        GraphError::TooLong => "Node name too long".to_owned(),
+        GraphError::NotFound(n) if old => format!("Cannot find node {n}"),
+        GraphError::NotFound(n) => format!("Failed to find node with node-name='{n}'"),
+        GraphError::BusyBacking { node, parent } => {
+            format!("Node '{node}' is busy: node is used as backing hd of '{parent}'")
+        }
+        GraphError::NotMonitorOwned(n) => format!("Node {n} is not owned by the monitor"),
+        GraphError::InUse(n) => format!("Block device {n} is in use"),
+    })
+}
+
+/// `blockdev-add` without a node name at the top level (all versions).
+pub const ROOT_NEEDS_NODE_NAME: &str = "'node-name' must be specified for the root node";

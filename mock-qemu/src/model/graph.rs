@@ -1,0 +1,356 @@
+//! The block node graph: nodes, their children, who owns them.
+//!
+//! Sans-IO: a node's image facts (size, format, backing) are given to the
+//! graph by the caller; the graph only keeps the structure and QEMU's rules
+//! about names, ownership and lifetime. Errors are typed ([`GraphError`]);
+//! the command layer turns them into each profile's exact `desc` text.
+
+use std::collections::BTreeMap;
+
+use crate::qmp::qobject::QDict;
+
+/// Identifies a node for the life of the process (never reused).
+pub type NodeId = u64;
+
+/// Longest node name QEMU accepts (its buffer is 32 bytes with the NUL).
+pub const NODE_NAME_MAX: usize = 31;
+
+/// `cache` options of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cache {
+    /// `cache.direct`: O_DIRECT.
+    pub direct: bool,
+    /// `cache.no-flush`: ignore flushes.
+    pub no_flush: bool,
+}
+
+/// One block driver state (`BlockDriverState`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// The node name (given, or generated `#blockNNN`).
+    pub name: String,
+    /// The driver (`null-co`, `qcow2`, `file`, …).
+    pub driver: String,
+    /// The driver options that identify the node when it has no file name
+    /// (QEMU's "strong" runtime options, as given), for `json:{…}` names.
+    pub strong_options: QDict,
+    /// Opened read-only.
+    pub read_only: bool,
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Cache mode.
+    pub cache: Cache,
+    /// `detect-zeroes` (`off`, `on`, `unmap`).
+    pub detect_zeroes: String,
+    /// Children by role (`file`, `backing`, …), in the order attached.
+    pub children: Vec<(String, NodeId)>,
+    /// Created by `blockdev-add` at the top level: only such nodes may be
+    /// deleted with `blockdev-del`.
+    pub monitor_owned: bool,
+}
+
+/// What the graph refuses. The command layer words these per profile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    /// The name is not an identifier (letter first; letters, digits, `-._`).
+    #[error("invalid node name '{0}'")]
+    InvalidName(String),
+    /// Another node has this name.
+    #[error("duplicate node name '{0}'")]
+    Duplicate(String),
+    /// Longer than [`NODE_NAME_MAX`].
+    #[error("node name too long")]
+    TooLong,
+    /// No node has this name.
+    #[error("no node named '{0}'")]
+    NotFound(String),
+    /// The node was not created by `blockdev-add` at the top level.
+    #[error("node '{0}' is not owned by the monitor")]
+    NotMonitorOwned(String),
+    /// An op blocker: the node is another node's backing file.
+    #[error("node '{node}' is used as backing hd of '{parent}'")]
+    BusyBacking {
+        /// The node.
+        node: String,
+        /// The parent node's name.
+        parent: String,
+    },
+    /// Other references remain (a parent holds it in another role).
+    #[error("node '{0}' is in use")]
+    InUse(String),
+}
+
+/// A node as `blockdev-add` describes it, before it is in the graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewNode {
+    /// The node name (`None`: generate one).
+    pub name: Option<String>,
+    /// The node itself (its `name` is filled in by [`Graph::insert`]).
+    pub node: Node,
+}
+
+/// The graph: every node the process holds.
+#[derive(Debug, Default)]
+pub struct Graph {
+    nodes: BTreeMap<NodeId, Node>,
+    next_id: NodeId,
+    /// Counter for generated names (`#block%03d` … QEMU counts every
+    /// generated name, never reusing one).
+    next_auto: u64,
+}
+
+/// QEMU's `id_wellformed()`.
+pub fn name_is_wellformed(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Checks a user-given name as `bdrv_assign_node_name()` does, in its
+    /// order: syntax, then duplicates, then length.
+    pub fn check_new_name(&self, name: &str) -> Result<(), GraphError> {
+        if !name_is_wellformed(name) {
+            return Err(GraphError::InvalidName(name.to_owned()));
+        }
+        if self.find(name).is_some() {
+            return Err(GraphError::Duplicate(name.to_owned()));
+        }
+        if name.len() > NODE_NAME_MAX {
+            return Err(GraphError::TooLong);
+        }
+        Ok(())
+    }
+
+    /// Adds a node (its children must already be in the graph). A node
+    /// without a name gets the next generated one.
+    pub fn insert(&mut self, new: NewNode) -> Result<NodeId, GraphError> {
+        let name = match new.name {
+            Some(n) => {
+                self.check_new_name(&n)?;
+                n
+            }
+            None => {
+                // QEMU: "#block%03d" from a global counter.
+                let n = format!("#block{:03}", self.next_auto);
+                self.next_auto += 1;
+                n
+            }
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.nodes.insert(id, Node { name, ..new.node });
+        Ok(id)
+    }
+
+    /// The node with this name.
+    pub fn find(&self, name: &str) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .find(|(_, n)| n.name == name)
+            .map(|(id, _)| *id)
+    }
+
+    /// A node by id.
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+
+    /// Every node, most recently created first (QEMU's `all_bdrv_states`
+    /// list, which `query-named-block-nodes` walks, inserts at the head).
+    pub fn newest_first(&self) -> impl Iterator<Item = (NodeId, &Node)> {
+        self.nodes.iter().rev().map(|(id, n)| (*id, n))
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the graph is empty.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The first parent (in creation order) holding `id` as a child.
+    fn parent_of(&self, id: NodeId) -> Option<&Node> {
+        self.nodes
+            .values()
+            .find(|p| p.children.iter().any(|(_, c)| *c == id))
+    }
+
+    /// `blockdev-del`, with `qmp_blockdev_del()`'s checks in its order: the
+    /// backing-file op blocker, monitor ownership, other references. Then
+    /// every child left without a parent goes too (QEMU frees what nothing
+    /// holds).
+    pub fn delete(&mut self, name: &str) -> Result<(), GraphError> {
+        let id = self
+            .find(name)
+            .ok_or_else(|| GraphError::NotFound(name.to_owned()))?;
+        let backing_parent = self.nodes.values().find(|p| {
+            p.children
+                .iter()
+                .any(|(role, c)| *c == id && role == "backing")
+        });
+        if let Some(p) = backing_parent {
+            return Err(GraphError::BusyBacking {
+                node: name.to_owned(),
+                parent: p.name.clone(),
+            });
+        }
+        if !self.nodes[&id].monitor_owned {
+            return Err(GraphError::NotMonitorOwned(name.to_owned()));
+        }
+        if self.parent_of(id).is_some() {
+            return Err(GraphError::InUse(name.to_owned()));
+        }
+        self.remove_unreferenced(id);
+        Ok(())
+    }
+
+    fn remove_unreferenced(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.remove(&id) else {
+            return;
+        };
+        for (_, child) in node.children {
+            let held = self.parent_of(child).is_some();
+            let owned = self.nodes.get(&child).is_some_and(|c| c.monitor_owned);
+            if !held && !owned {
+                self.remove_unreferenced(child);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain(driver: &str) -> Node {
+        Node {
+            name: String::new(),
+            driver: driver.into(),
+            strong_options: QDict::new(),
+            read_only: false,
+            size: 1 << 30,
+            cache: Cache::default(),
+            detect_zeroes: "off".into(),
+            children: vec![],
+            monitor_owned: true,
+        }
+    }
+
+    fn add(
+        g: &mut Graph,
+        name: &str,
+        children: Vec<(String, NodeId)>,
+        owned: bool,
+    ) -> Result<NodeId, GraphError> {
+        g.insert(NewNode {
+            name: Some(name.into()),
+            node: Node {
+                children,
+                monitor_owned: owned,
+                ..plain("null-co")
+            },
+        })
+    }
+
+    #[test]
+    fn names_are_checked_in_qemus_order() {
+        let mut g = Graph::new();
+        add(&mut g, "a", vec![], true).unwrap();
+        assert_eq!(
+            g.check_new_name("1a"),
+            Err(GraphError::InvalidName("1a".into()))
+        );
+        assert_eq!(
+            g.check_new_name("a"),
+            Err(GraphError::Duplicate("a".into()))
+        );
+        assert_eq!(g.check_new_name(&"x".repeat(32)), Err(GraphError::TooLong));
+        assert_eq!(g.check_new_name(&"x".repeat(31)), Ok(()));
+        assert!(
+            name_is_wellformed("a-b_c.d9")
+                && !name_is_wellformed("#block1")
+                && !name_is_wellformed("")
+        );
+    }
+
+    #[test]
+    fn deleting_frees_children_nothing_else_holds() {
+        let mut g = Graph::new();
+        let file = g
+            .insert(NewNode {
+                name: None,
+                node: Node {
+                    monitor_owned: false,
+                    ..plain("file")
+                },
+            })
+            .unwrap();
+        let shared = add(&mut g, "shared", vec![], true).unwrap();
+        let named_file = add(&mut g, "f", vec![], true).unwrap();
+        add(
+            &mut g,
+            "top",
+            vec![("file".into(), file), ("backing".into(), shared)],
+            true,
+        )
+        .unwrap();
+        add(&mut g, "top2", vec![("file".into(), named_file)], true).unwrap();
+        assert_eq!(
+            g.delete("shared"),
+            Err(GraphError::BusyBacking {
+                node: "shared".into(),
+                parent: "top".into()
+            })
+        );
+        assert_eq!(
+            g.delete("#block000"),
+            Err(GraphError::NotMonitorOwned("#block000".into()))
+        );
+        assert_eq!(g.delete("f"), Err(GraphError::InUse("f".into())));
+        g.delete("top2").unwrap();
+        g.delete("top").unwrap();
+        // The implicit protocol node went with its parent; the monitor's node stays.
+        assert_eq!(
+            g.newest_first()
+                .map(|(_, n)| n.name.as_str())
+                .collect::<Vec<_>>(),
+            ["f", "shared"]
+        );
+        assert_eq!(g.delete("top"), Err(GraphError::NotFound("top".into())));
+    }
+
+    #[test]
+    fn listing_is_newest_first_and_generated_names_are_not_reused() {
+        let mut g = Graph::new();
+        let a = g
+            .insert(NewNode {
+                name: None,
+                node: plain("null-co"),
+            })
+            .unwrap();
+        let _ = g
+            .insert(NewNode {
+                name: None,
+                node: plain("null-co"),
+            })
+            .unwrap();
+        g.nodes.remove(&a);
+        let _ = g
+            .insert(NewNode {
+                name: None,
+                node: plain("null-co"),
+            })
+            .unwrap();
+        let names: Vec<_> = g.newest_first().map(|(_, n)| n.name.clone()).collect();
+        assert_eq!(names, ["#block002", "#block001"]);
+    }
+}
