@@ -33,7 +33,7 @@
 //! `int-kinds.json` and applied by the mock with
 //! [`Schema::set_member_int_kind`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -72,8 +72,6 @@ const MUST_NOT_RUN: &[&str] = &[
     "block-export-del",
     "nbd-server-stop",
     "inject-nmi",
-    "dump-guest-memory",
-    "human-monitor-command",
 ];
 
 /// Whether `cmd` must never be sent to the QEMU being probed
@@ -416,15 +414,12 @@ fn minimal(schema: &Schema, type_name: &str, depth: usize) -> Value {
         Some(SchemaType::Object { .. }) => {
             let mut d = Map::new();
             let mut t = type_name.to_owned();
-            loop {
-                let Some(SchemaType::Object {
-                    members,
-                    tag,
-                    variants,
-                }) = schema.type_info(&t)
-                else {
-                    break;
-                };
+            while let Some(SchemaType::Object {
+                members,
+                tag,
+                variants,
+            }) = schema.type_info(&t)
+            {
                 for m in members.iter().filter(|m| !m.optional) {
                     d.insert(m.name.clone(), minimal(schema, &m.type_name, depth + 1));
                 }
@@ -751,6 +746,7 @@ async fn probe_member(
 mod tests {
     use super::*;
     use mock_qemu::qmp::qobject::QObject;
+    use std::collections::HashSet;
 
     fn schema(dir: &str) -> Option<Schema> {
         let path = format!(

@@ -1,16 +1,19 @@
-//! Recording from real QEMU: golden transcripts and profile data.
+//! Recording from real QEMU: golden transcripts and profile data
+//! (including `int-kinds.json`, probed: see [`crate::probe`]).
 //!
 //! This is the only code that writes under `fixtures/qemu-*/`. It never
 //! records from mock-qemu: [`record_all`] refuses a mock target.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use mock_qemu::profile::{Flavor, Version};
+use mock_qemu::qmp::schema::Schema;
 
 use crate::normalize::Normalizer;
 use crate::play::{play_with_retries, LineReader, PlayOptions};
+use crate::probe::{probe_int_kinds, IntKinds};
 use crate::scenario::Scenario;
 use crate::suite::profile_dir;
 use crate::target::{LaunchSpec, Process, Target};
@@ -23,6 +26,8 @@ pub struct Identity {
     pub version: Version,
     /// `qemu-storage-daemon 10.0.2 (Debian …)`.
     pub describe: String,
+    /// `query-qmp-schema`'s return value.
+    pub schema: serde_json::Value,
 }
 
 async fn exchange(
@@ -48,7 +53,8 @@ async fn exchange(
 
 /// Records the profile data (`greeting.json`, `query-version.json`,
 /// `query-commands.json`, `query-qmp-schema.json`: the lines exactly as QEMU
-/// sent them) and returns the QEMU's identity.
+/// sent them) and returns the QEMU's identity. `int-kinds.json` is
+/// recorded separately, by [`record_int_kinds`].
 pub async fn record_profile(
     target: &mut dyn Target,
     flavor: Flavor,
@@ -93,10 +99,46 @@ pub async fn record_profile(
         std::fs::write(dir.join(name), format!("{text}\n"))
             .with_context(|| format!("writing {}", dir.join(name).display()))?;
     }
+    let schema: serde_json::Value = serde_json::from_str(&schema)?;
     Ok(Identity {
         version: parsed,
         describe,
+        schema: schema
+            .get("return")
+            .cloned()
+            .context("query-qmp-schema failed")?,
     })
+}
+
+/// Probes the kind of every `int` argument member (see [`crate::probe`]) on
+/// a QEMU launched for it, and writes `profile/int-kinds.json`.
+pub async fn record_int_kinds(
+    qemu: &Path,
+    flavor: Flavor,
+    fixtures: &Path,
+    id: &Identity,
+) -> Result<IntKinds> {
+    let start = Instant::now();
+    let schema = Schema::from_introspection(&id.schema).context("parsing query-qmp-schema")?;
+    let mut target = Process::launch(LaunchSpec::real_qemu(qemu, flavor)).await?;
+    let kinds = probe_int_kinds(&mut target, &schema).await;
+    target.stop().await;
+    let kinds = kinds.context("probing integer kinds")?;
+    let path = profile_dir(fixtures, id.version, flavor).join("profile/int-kinds.json");
+    let text = serde_json::to_string_pretty(&kinds.to_json(&id.describe))?;
+    std::fs::write(&path, format!("{text}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "int kinds of {}: {} int members found, {} classified, {} unresolved ({} requests, {} restarts, {:.1?})",
+        id.describe,
+        kinds.found(),
+        kinds.kinds.len(),
+        kinds.unresolved.len(),
+        kinds.requests,
+        kinds.restarts,
+        start.elapsed()
+    );
+    Ok(kinds)
 }
 
 /// Launches `qemu`, records its profile and every applicable scenario.
@@ -116,6 +158,7 @@ pub async fn record_all(
     }
     let mut target = Process::launch(LaunchSpec::real_qemu(qemu, flavor)).await?;
     let id = record_profile(&mut target, flavor, fixtures, &program).await?;
+    record_int_kinds(qemu, flavor, fixtures, &id).await?;
     let opts = PlayOptions {
         timeout: Duration::from_secs(5),
         drop_duplicate_greeting: true,

@@ -3,7 +3,10 @@
 //! A profile is *data recorded from that QEMU* by `qmp-conform record-profile`
 //! and stored under `fixtures/qemu-<version>/<flavor>/profile/`:
 //! `greeting.json` (the greeting line), `query-version.json`,
-//! `query-commands.json` and `query-qmp-schema.json` (the `return` values).
+//! `query-commands.json` and `query-qmp-schema.json` (the `return` values),
+//! and `int-kinds.json`: the C integer type of each `int` argument member,
+//! which introspection hides and the recorder finds by probing that QEMU's
+//! argument visitor (`conformance::probe`).
 //! Nothing here is a hand-written table of commands or arguments.
 
 use std::fmt;
@@ -11,7 +14,7 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
 use crate::qmp::qobject::QObject;
-use crate::qmp::schema::Schema;
+use crate::qmp::schema::{IntKind, Schema};
 
 /// The QEMU versions the mock can impersonate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -153,6 +156,7 @@ struct Recorded {
     version: &'static str,
     commands: &'static str,
     schema: &'static str,
+    int_kinds: &'static str,
 }
 
 macro_rules! recorded {
@@ -174,6 +178,7 @@ macro_rules! recorded {
                 $dir,
                 "/profile/query-qmp-schema.json"
             )),
+            int_kinds: include_str!(concat!("../../fixtures/", $dir, "/profile/int-kinds.json")),
         })
     };
 }
@@ -213,6 +218,46 @@ fn return_value(
     Ok(v.get_mut("return")
         .map(serde_json::Value::take)
         .unwrap_or(v))
+}
+
+/// The kind names `int-kinds.json` uses.
+fn int_kind(name: &str) -> Option<IntKind> {
+    Some(match name {
+        "int8" => IntKind::Int8,
+        "int16" => IntKind::Int16,
+        "int32" => IntKind::Int32,
+        "int64" => IntKind::Int64,
+        "uint8" => IntKind::Uint8,
+        "uint16" => IntKind::Uint16,
+        "uint32" => IntKind::Uint32,
+        "uint64" => IntKind::Uint64,
+        "size" => IntKind::Size,
+        _ => return None,
+    })
+}
+
+/// Declares the probed kinds (`"types": {type: {member: kind}}`) in the
+/// schema recorded with them; a type or member the schema lacks is an error.
+fn apply_int_kinds(schema: &mut Schema, data: &serde_json::Value) -> Result<(), String> {
+    let types = data
+        .get("types")
+        .and_then(serde_json::Value::as_object)
+        .ok_or("no \"types\" object")?;
+    for (type_name, members) in types {
+        let members = members
+            .as_object()
+            .ok_or_else(|| format!("type '{type_name}' is not an object"))?;
+        for (member, kind) in members {
+            let kind = kind
+                .as_str()
+                .and_then(int_kind)
+                .ok_or_else(|| format!("bad kind for '{type_name}.{member}': {kind}"))?;
+            if !schema.set_member_int_kind(type_name, member, kind) {
+                return Err(format!("the schema has no member '{type_name}.{member}'"));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Profile {
@@ -262,12 +307,18 @@ impl Profile {
         let (version, flavor) = (self.version, self.flavor);
         let qc = return_value(version, flavor, "query-commands.json", self.rec.commands)?;
         let schema_v = return_value(version, flavor, "query-qmp-schema.json", self.rec.schema)?;
-        let schema =
+        let mut schema =
             Schema::from_introspection(&schema_v).map_err(|e| ProfileError::Malformed {
                 version,
                 flavor,
                 what: format!("query-qmp-schema.json: {e}"),
             })?;
+        let kinds = parse(version, flavor, "int-kinds.json", self.rec.int_kinds)?;
+        apply_int_kinds(&mut schema, &kinds).map_err(|what| ProfileError::Malformed {
+            version,
+            flavor,
+            what: format!("int-kinds.json: {what}"),
+        })?;
         Ok(Schemas {
             query_commands: QObject::from_wire(&qc),
             schema_raw: QObject::from_wire(&schema_v),
@@ -347,6 +398,44 @@ impl Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bitmap_add_error(version: Version, flavor: Flavor, granularity: &str) -> Option<String> {
+        let p = Profile::get(version, flavor).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&format!(
+            r#"{{"node": "n", "name": "b", "granularity": {granularity}}}"#
+        ))
+        .unwrap();
+        let args = QObject::from_wire(&v);
+        p.schema()
+            .check_arguments("block-dirty-bitmap-add", args.as_dict())
+            .err()
+            .map(|e| e.desc)
+    }
+
+    #[test]
+    fn probed_int_kinds_are_applied() {
+        for (v, f) in [
+            (Version::V10_0, Flavor::Qsd),
+            (Version::V10_0, Flavor::System),
+            (Version::V7_2, Flavor::Qsd),
+            (Version::V7_2, Flavor::System),
+            (Version::V5_2, Flavor::Qsd),
+        ] {
+            for g in ["-1", "4294967296"] {
+                assert_eq!(
+                    bitmap_add_error(v, f, g).as_deref(),
+                    Some("Parameter 'granularity' expects uint32_t"),
+                    "{v} {f} {g}"
+                );
+            }
+            assert_eq!(
+                bitmap_add_error(v, f, "\"x\"").as_deref(),
+                Some("Parameter 'granularity' expects uint64"),
+                "{v} {f}"
+            );
+            assert_eq!(bitmap_add_error(v, f, "65536"), None, "{v} {f}");
+        }
+    }
 
     #[test]
     fn every_recorded_profile_loads() {
