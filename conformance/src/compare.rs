@@ -44,14 +44,24 @@ fn render_entry(e: &Entry) -> String {
 }
 
 fn normalized(t: &Transcript, n: &Normalizer) -> Vec<Entry> {
-    t.entries
+    let mut entries: Vec<Entry> = t
+        .entries
         .iter()
         .map(|e| match e {
             Entry::Recv(l) => Entry::Recv(n.line(l)),
             Entry::RecvBadFraming(l) => Entry::RecvBadFraming(n.line(l)),
             other => other.clone(),
         })
-        .collect()
+        .collect();
+    let mut received: Vec<&mut String> = entries
+        .iter_mut()
+        .filter_map(|e| match e {
+            Entry::Recv(l) | Entry::RecvBadFraming(l) => Some(l),
+            _ => None,
+        })
+        .collect();
+    crate::normalize::auto_node_names(&mut received);
+    entries
 }
 
 fn json_eq(a: &str, b: &str) -> bool {

@@ -4,6 +4,9 @@
 //!
 //! 1. Event `timestamp` values become `{"seconds": 0, "microseconds": 0}`.
 //! 2. The target's private work folder is written `<workdir>`.
+//! 3. Generated node names (`#block` + a counter + two random digits in
+//!    QEMU) become `#block~1`, `#block~2`, … in order of first appearance in
+//!    the transcript ([`auto_node_names`]).
 //!
 //! Rules for job progress, generated node names and drain pairs come with
 //! the graph and job suites.
@@ -26,6 +29,43 @@ impl Normalizer {
             }
         }
         s
+    }
+}
+
+/// Renames generated node names by order of first appearance, across the
+/// received lines of one transcript.
+pub fn auto_node_names(lines: &mut [&mut String]) {
+    const P: &str = "#block";
+    let mut seen: Vec<String> = Vec::new();
+    for line in lines.iter_mut() {
+        if !line.contains(P) {
+            continue;
+        }
+        let mut out = String::with_capacity(line.len());
+        let mut rest = line.as_str();
+        while let Some(pos) = rest.find(P) {
+            let digits = rest[pos + P.len()..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            out.push_str(&rest[..pos + P.len()]);
+            if digits == 0 {
+                rest = &rest[pos + P.len()..];
+                continue;
+            }
+            let name = &rest[pos..pos + P.len() + digits];
+            let k = match seen.iter().position(|s| s == name) {
+                Some(k) => k + 1,
+                None => {
+                    seen.push(name.to_owned());
+                    seen.len()
+                }
+            };
+            out.push_str(&format!("~{k}"));
+            rest = &rest[pos + P.len() + digits..];
+        }
+        out.push_str(rest);
+        **line = out;
     }
 }
 
@@ -54,6 +94,15 @@ fn mask_timestamps(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_node_names_are_numbered_by_first_appearance() {
+        let mut a = String::from(r##"{"node-name": "#block233", "x": "#block149"}"##);
+        let mut b = String::from(r##"["#block149", "#block", "#block233x"]"##);
+        auto_node_names(&mut [&mut a, &mut b]);
+        assert_eq!(a, r##"{"node-name": "#block~1", "x": "#block~2"}"##);
+        assert_eq!(b, r##"["#block~2", "#block", "#block~1x"]"##);
+    }
 
     #[test]
     fn timestamps_and_workdir_are_masked() {

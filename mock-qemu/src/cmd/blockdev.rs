@@ -6,7 +6,8 @@
 
 use super::desc;
 use super::{not_implemented, Context, Return};
-use crate::model::graph::{Cache, NewNode, Node, NodeId};
+use crate::image;
+use crate::model::graph::{Cache, Graph, NewNode, Node, NodeId};
 use crate::qmp::error::QmpError;
 use crate::qmp::json::to_json;
 use crate::qmp::qobject::{QDict, QNum, QObject};
@@ -43,42 +44,180 @@ impl BlockdevAdd {
     }
 
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
-        let a = &self.args;
-        let Some(name) = a.get("node-name").and_then(QObject::as_str) else {
+        if self
+            .args
+            .get("node-name")
+            .and_then(QObject::as_str)
+            .is_none()
+        {
             return Err(QmpError::generic(desc::ROOT_NEEDS_NODE_NAME));
+        }
+        let mut opener = Opener {
+            ctx,
+            created: Vec::new(),
         };
+        match opener.open(&self.args, false, true) {
+            Ok(_) => Ok(QObject::Dict(QDict::new())),
+            Err(e) => {
+                // What a failed open created is freed again.
+                let created = std::mem::take(&mut opener.created);
+                opener.ctx.machine.graph_mut().discard(&created);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Opens a node definition and its children, as `bdrv_open_inherit()`:
+/// the `file` child first, then the node itself (its name), then `backing`.
+struct Opener<'c, 'a> {
+    ctx: &'c mut Context<'a>,
+    created: Vec<NodeId>,
+}
+
+impl Opener<'_, '_> {
+    fn unsupported(&self, driver: &str) -> QmpError {
+        QmpError::generic(format!(
+            "mock-qemu: blockdev-add driver '{driver}' is not implemented by the mock for profile {} (it exists in that QEMU)",
+            self.ctx.profile.label()
+        ))
+    }
+
+    /// A child given by reference (a node name) or inline.
+    fn child(&mut self, def: &QObject, parent_ro: bool) -> Result<NodeId, QmpError> {
+        match def {
+            QObject::Str(name) => self
+                .ctx
+                .machine
+                .graph()
+                .find(name)
+                .ok_or_else(|| desc::node_lookup(self.ctx.profile.version(), name)),
+            QObject::Dict(d) => self.open(d, parent_ro, false),
+            _ => Err(self.unsupported("?")),
+        }
+    }
+
+    fn insert(&mut self, name: Option<String>, node: Node) -> Result<NodeId, QmpError> {
+        let v = self.ctx.profile.version();
+        let id = self
+            .ctx
+            .machine
+            .graph_mut()
+            .insert(NewNode { name, node })
+            .map_err(|e| desc::graph_error(v, &e))?;
+        self.created.push(id);
+        Ok(id)
+    }
+
+    fn open(&mut self, a: &QDict, parent_ro: bool, top: bool) -> Result<NodeId, QmpError> {
         let driver = a
             .get("driver")
             .and_then(QObject::as_str)
             .unwrap_or_default()
             .to_owned();
-        let version = ctx.profile.version();
-        ctx.machine
-            .graph()
-            .check_new_name(name)
-            .map_err(|e| desc::graph_error(version, &e))?;
-        let node = match driver.as_str() {
-            "null-co" | "null-aio" => null_node(&driver, a),
-            _ => {
-                return Err(QmpError::generic(format!(
-                    "mock-qemu: blockdev-add driver '{driver}' is not implemented by the mock for profile {} (it exists in that QEMU)",
-                    ctx.profile.label()
-                )))
+        let name = a
+            .get("node-name")
+            .and_then(QObject::as_str)
+            .map(str::to_owned);
+        let mut node = common(&driver, a, parent_ro);
+        node.monitor_owned = top;
+        match driver.as_str() {
+            "null-co" | "null-aio" => {
+                node = null_node(node, a);
+                self.insert(name, node)
             }
+            "file" => {
+                let filename = a
+                    .get("filename")
+                    .and_then(QObject::as_str)
+                    .unwrap_or_default();
+                let facts =
+                    image::open_file(filename).map_err(|e| QmpError::generic(e.to_string()))?;
+                // bdrv_getlength() counts whole 512-byte sectors.
+                node.size = facts.size.div_ceil(512) * 512;
+                node.file = Some(facts);
+                self.insert(name, node)
+            }
+            "raw" | "qcow2" => {
+                let Some(file_def) = a.get("file") else {
+                    return Err(self.unsupported(&driver));
+                };
+                let file = self.child(file_def, node.read_only)?;
+                let facts = self
+                    .ctx
+                    .machine
+                    .graph()
+                    .node(file)
+                    .and_then(|f| f.file.clone());
+                if driver == "raw" {
+                    node.size = facts.as_ref().map_or(0, |f| f.size.div_ceil(512) * 512);
+                    node.children.push(("file".into(), file));
+                    return self.insert(name, node);
+                }
+                let Some(facts) = facts else {
+                    return Err(self.unsupported("qcow2 over a non-file node"));
+                };
+                // The node's name is taken before its driver reads the image.
+                if let Some(n) = &name {
+                    let v = self.ctx.profile.version();
+                    self.ctx
+                        .machine
+                        .graph()
+                        .check_new_name(n)
+                        .map_err(|e| desc::graph_error(v, &e))?;
+                }
+                let header = image::read_qcow2(&facts.filename)
+                    .map_err(|e| QmpError::generic(e.to_string()))?;
+                node.size = header.size;
+                node.children.push(("file".into(), file));
+                let implicit_backing = match a.get("backing") {
+                    None => header
+                        .full_backing
+                        .clone()
+                        .map(|b| (b, header.backing_format.clone())),
+                    Some(_) => None,
+                };
+                node.qcow2 = Some(header);
+                let id = self.insert(name, node)?;
+                let backing = match a.get("backing") {
+                    Some(QObject::Null) => None,
+                    Some(def) => Some(self.child(def, true)?),
+                    None => match implicit_backing {
+                        Some((path, fmt)) => Some(self.open_backing_file(&path, fmt.as_deref())?),
+                        None => None,
+                    },
+                };
+                if let Some(b) = backing {
+                    self.ctx.machine.graph_mut().attach(id, "backing", b);
+                }
+                Ok(id)
+            }
+            _ => Err(self.unsupported(&driver)),
+        }
+    }
+
+    /// The backing file named in an image header, opened read-only with
+    /// generated names (format from the header, else probed).
+    fn open_backing_file(&mut self, path: &str, format: Option<&str>) -> Result<NodeId, QmpError> {
+        let mut file = QDict::new();
+        file.put("driver", "file");
+        file.put("filename", path);
+        let format = match format {
+            Some(f) => f.to_owned(),
+            None => match image::read_qcow2(path) {
+                Ok(_) => "qcow2".to_owned(),
+                Err(_) => "raw".to_owned(),
+            },
         };
-        ctx.machine
-            .graph_mut()
-            .insert(NewNode {
-                name: Some(name.to_owned()),
-                node,
-            })
-            .map_err(|e| desc::graph_error(version, &e))?;
-        Ok(QObject::Dict(QDict::new()))
+        let mut def = QDict::new();
+        def.put("driver", format);
+        def.put("file", file);
+        self.open(&def, true, false)
     }
 }
 
 /// The options every driver shares.
-fn common(driver: &str, a: &QDict) -> Node {
+fn common(driver: &str, a: &QDict, parent_ro: bool) -> Node {
     let cache = match a.get("cache") {
         Some(QObject::Dict(c)) => Cache {
             direct: bool_opt(c, "direct").unwrap_or(false),
@@ -90,7 +229,8 @@ fn common(driver: &str, a: &QDict) -> Node {
         name: String::new(),
         driver: driver.to_owned(),
         strong_options: QDict::new(),
-        read_only: bool_opt(a, "read-only").unwrap_or(false),
+        // Inline children inherit read-only from their parent.
+        read_only: bool_opt(a, "read-only").unwrap_or(parent_ro),
         size: 0,
         cache,
         detect_zeroes: a
@@ -99,13 +239,15 @@ fn common(driver: &str, a: &QDict) -> Node {
             .unwrap_or("off")
             .to_owned(),
         children: Vec::new(),
-        monitor_owned: true,
+        monitor_owned: false,
+        file: None,
+        qcow2: None,
     }
 }
 
-fn null_node(driver: &str, a: &QDict) -> Node {
+fn null_node(node: Node, a: &QDict) -> Node {
     let mut strong = QDict::new();
-    strong.put("driver", driver);
+    strong.put("driver", node.driver.clone());
     // null's "strong" runtime options, as given (block/null.c).
     for key in ["size", "read-zeroes", "latency-ns"] {
         if let Some(v) = a.get(key) {
@@ -118,7 +260,7 @@ fn null_node(driver: &str, a: &QDict) -> Node {
     Node {
         strong_options: strong,
         size,
-        ..common(driver, a)
+        ..node
     }
 }
 
@@ -178,37 +320,127 @@ impl QueryNamedBlockNodes {
     }
 }
 
-/// The node's file name as QEMU reports it: a `json:{…}` pseudo-protocol
-/// name built from its strong options when it has no file.
-fn filename(node: &Node) -> String {
+/// The node's file name as QEMU reports it: a file's own name, a format
+/// node's file child's name, else a `json:{…}` pseudo-protocol name built
+/// from the node's strong options.
+fn filename(graph: &Graph, node: &Node) -> String {
+    if let Some(f) = &node.file {
+        return f.filename.clone();
+    }
+    if let Some(child) = node
+        .children
+        .iter()
+        .find(|(r, _)| r == "file")
+        .and_then(|(_, c)| graph.node(*c))
+    {
+        return filename(graph, child);
+    }
     format!(
         "json:{}",
         to_json(&QObject::Dict(node.strong_options.clone()))
     )
 }
 
-/// `BlockDeviceInfo` with every member any supported version has; the
-/// schema projection keeps the profile's.
-fn node_info(ctx: &Context<'_>, id: NodeId, _flat: bool) -> Result<QDict, QmpError> {
-    let Some(node) = ctx.machine.graph().node(id) else {
-        return Err(not_implemented(ctx.profile, "query-named-block-nodes"));
-    };
-    let name = filename(node);
+/// Bytes the node's file occupies on disk (`bdrv_get_allocated_file_size`).
+fn allocated(graph: &Graph, node: &Node) -> u64 {
+    if let Some(f) = &node.file {
+        return f.allocated;
+    }
+    node.children
+        .iter()
+        .find(|(r, _)| r == "file")
+        .and_then(|(_, c)| graph.node(*c))
+        .map_or(0, |c| allocated(graph, c))
+}
+
+/// `ImageInfo`, with `backing-image` nested when `nested`.
+fn image_info(graph: &Graph, id: NodeId, nested: bool) -> Option<QDict> {
+    let node = graph.node(id)?;
     let mut image = QDict::new();
-    image.put("filename", name.clone());
+    image.put("filename", filename(graph, node));
     image.put("format", node.driver.clone());
     image.put("virtual-size", node.size);
-    image.put("actual-size", 0i64);
+    image.put("actual-size", allocated(graph, node));
+    if node.driver != "null-co" && node.driver != "null-aio" {
+        image.put("dirty-flag", false);
+    }
+    if node.file.is_some() {
+        image.put("format-specific", specific("file", QDict::new()));
+    }
+    if let Some(q) = &node.qcow2 {
+        image.put("cluster-size", q.cluster_size);
+        image.put("dirty-flag", q.dirty);
+        let mut data = QDict::new();
+        data.put("compat", if q.version >= 3 { "1.1" } else { "0.10" });
+        if q.version >= 3 {
+            data.put(
+                "compression-type",
+                if q.compression_zstd { "zstd" } else { "zlib" },
+            );
+            data.put("lazy-refcounts", q.lazy_refcounts);
+        }
+        data.put("refcount-bits", i64::from(q.refcount_bits));
+        if q.version >= 3 {
+            data.put("corrupt", q.corrupt);
+            data.put("extended-l2", q.extended_l2);
+        }
+        image.put("format-specific", specific("qcow2", data));
+        if let Some(b) = &q.backing_file {
+            image.put("backing-filename", b.clone());
+        }
+        if let Some(b) = &q.full_backing {
+            image.put("full-backing-filename", b.clone());
+        }
+        if let Some(f) = &q.backing_format {
+            image.put("backing-filename-format", f.clone());
+        }
+    }
+    if nested {
+        if let Some(b) = graph
+            .child(id, "backing")
+            .and_then(|b| image_info(graph, b, true))
+        {
+            image.put("backing-image", b);
+        }
+    }
+    Some(image)
+}
+
+fn specific(kind: &str, data: QDict) -> QDict {
+    let mut d = QDict::new();
+    d.put("type", kind);
+    d.put("data", data);
+    d
+}
+
+/// `BlockDeviceInfo` with every member any supported version has; the
+/// schema projection keeps the profile's.
+fn node_info(ctx: &Context<'_>, id: NodeId, flat: bool) -> Result<QDict, QmpError> {
+    let graph = ctx.machine.graph();
+    let (Some(node), Some(image)) = (graph.node(id), image_info(graph, id, !flat)) else {
+        return Err(not_implemented(ctx.profile, "query-named-block-nodes"));
+    };
+    let mut depth = 0i64;
+    if !flat {
+        let mut cur = id;
+        while let Some(b) = graph.child(cur, "backing") {
+            depth += 1;
+            cur = b;
+        }
+    }
     let mut cache = QDict::new();
     cache.put("writeback", true);
     cache.put("direct", node.cache.direct);
     cache.put("no-flush", node.cache.no_flush);
     let mut d = QDict::new();
-    d.put("file", name);
+    d.put("file", filename(graph, node));
     d.put("node-name", node.name.clone());
     d.put("ro", node.read_only);
     d.put("drv", node.driver.clone());
-    d.put("backing_file_depth", 0i64);
+    if let Some(b) = node.qcow2.as_ref().and_then(|q| q.backing_file.clone()) {
+        d.put("backing_file", b);
+    }
+    d.put("backing_file_depth", depth);
     d.put("encrypted", false);
     d.put("encryption_key_missing", false);
     d.put("detect_zeroes", node.detect_zeroes.clone());

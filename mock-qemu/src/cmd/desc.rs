@@ -28,5 +28,14 @@ pub fn graph_error(v: Version, e: &GraphError) -> QmpError {
     })
 }
 
+/// A node reference that names no node (`file: "X"`, `backing: "X"`).
+pub fn node_lookup(v: Version, name: &str) -> QmpError {
+    QmpError::generic(if v < Version::V7_2 {
+        format!("Cannot find device={name} nor node_name={name}")
+    } else {
+        format!("Cannot find device='{name}' nor node-name='{name}'")
+    })
+}
+
 /// `blockdev-add` without a node name at the top level (all versions).
 pub const ROOT_NEEDS_NODE_NAME: &str = "'node-name' must be specified for the root node";

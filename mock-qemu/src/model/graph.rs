@@ -24,6 +24,46 @@ pub struct Cache {
     pub no_flush: bool,
 }
 
+/// What opening a `file` node found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFacts {
+    /// The filename as given.
+    pub filename: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// Bytes allocated on disk.
+    pub allocated: u64,
+}
+
+/// What a qcow2 header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qcow2Facts {
+    /// 2 or 3.
+    pub version: u32,
+    /// Virtual size.
+    pub size: u64,
+    /// Cluster size in bytes.
+    pub cluster_size: u64,
+    /// The backing file name as stored.
+    pub backing_file: Option<String>,
+    /// The backing file name resolved against the image's folder.
+    pub full_backing: Option<String>,
+    /// The backing format extension.
+    pub backing_format: Option<String>,
+    /// Incompatible bit 0.
+    pub dirty: bool,
+    /// Incompatible bit 1.
+    pub corrupt: bool,
+    /// Incompatible bit 4.
+    pub extended_l2: bool,
+    /// Compatible bit 0.
+    pub lazy_refcounts: bool,
+    /// Refcount width.
+    pub refcount_bits: u32,
+    /// Compression type zstd (else zlib).
+    pub compression_zstd: bool,
+}
+
 /// One block driver state (`BlockDriverState`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
@@ -47,6 +87,10 @@ pub struct Node {
     /// Created by `blockdev-add` at the top level: only such nodes may be
     /// deleted with `blockdev-del`.
     pub monitor_owned: bool,
+    /// For a `file` node: the file.
+    pub file: Option<FileFacts>,
+    /// For a `qcow2` node: its header.
+    pub qcow2: Option<Qcow2Facts>,
 }
 
 /// What the graph refuses. The command layer words these per profile.
@@ -135,12 +179,7 @@ impl Graph {
                 self.check_new_name(&n)?;
                 n
             }
-            None => {
-                // QEMU: "#block%03d" from a global counter.
-                let n = format!("#block{:03}", self.next_auto);
-                self.next_auto += 1;
-                n
-            }
+            None => self.generate_name(),
         };
         let id = self.next_id;
         self.next_id += 1;
@@ -213,6 +252,46 @@ impl Graph {
         Ok(())
     }
 
+    /// Removes nodes a failed `blockdev-add` created (generated names stay
+    /// consumed, as in QEMU).
+    pub fn discard(&mut self, ids: &[NodeId]) {
+        for id in ids {
+            self.nodes.remove(id);
+        }
+    }
+
+    /// Attaches `child` to `parent` in `role`.
+    pub fn attach(&mut self, parent: NodeId, role: &str, child: NodeId) {
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children.push((role.to_owned(), child));
+        }
+    }
+
+    /// The child in `role`, if any.
+    pub fn child(&self, id: NodeId, role: &str) -> Option<NodeId> {
+        self.nodes
+            .get(&id)?
+            .children
+            .iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, c)| *c)
+    }
+
+    /// The next generated name QEMU would give (`#block` + counter + two
+    /// digits QEMU draws at random; here from a deterministic sequence).
+    fn generate_name(&mut self) -> String {
+        let n = self.next_auto;
+        self.next_auto += 1;
+        // A fixed LCG over the counter: deterministic, and like QEMU's two
+        // random digits it does not follow the counter.
+        let r = (n
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407)
+            >> 33)
+            % 100;
+        format!("#block{n}{r:02}")
+    }
+
     fn remove_unreferenced(&mut self, id: NodeId) {
         let Some(node) = self.nodes.remove(&id) else {
             return;
@@ -242,6 +321,8 @@ mod tests {
             detect_zeroes: "off".into(),
             children: vec![],
             monitor_owned: true,
+            file: None,
+            qcow2: None,
         }
     }
 
@@ -311,9 +392,10 @@ mod tests {
                 parent: "top".into()
             })
         );
+        let file_name = g.node(file).unwrap().name.clone();
         assert_eq!(
-            g.delete("#block000"),
-            Err(GraphError::NotMonitorOwned("#block000".into()))
+            g.delete(&file_name),
+            Err(GraphError::NotMonitorOwned(file_name.clone()))
         );
         assert_eq!(g.delete("f"), Err(GraphError::InUse("f".into())));
         g.delete("top2").unwrap();
@@ -351,6 +433,10 @@ mod tests {
             })
             .unwrap();
         let names: Vec<_> = g.newest_first().map(|(_, n)| n.name.clone()).collect();
-        assert_eq!(names, ["#block002", "#block001"]);
+        assert!(
+            names[0].starts_with("#block2") && names[1].starts_with("#block1"),
+            "{names:?}"
+        );
+        assert!(names.iter().all(|n| n.len() == "#block1".len() + 2));
     }
 }

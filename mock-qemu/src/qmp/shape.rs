@@ -10,12 +10,14 @@ use crate::qmp::qobject::{QDict, QObject};
 use crate::qmp::schema::{Schema, SchemaType};
 
 /// Keeps the parts of `value` that type `type_name` of `schema` declares.
-pub fn project(schema: &Schema, type_name: &str, value: QObject) -> QObject {
-    match (schema.type_info(type_name), value) {
+/// A union value whose tag names a branch the profile does not have is
+/// dropped whole (`None`): that QEMU could not have produced it.
+pub fn project(schema: &Schema, type_name: &str, value: QObject) -> Option<QObject> {
+    Some(match (schema.type_info(type_name), value) {
         (Some(SchemaType::Array { element }), QObject::List(items)) => QObject::List(
             items
                 .into_iter()
-                .map(|v| project(schema, element, v))
+                .filter_map(|v| project(schema, element, v))
                 .collect(),
         ),
         (
@@ -32,21 +34,21 @@ pub fn project(schema: &Schema, type_name: &str, value: QObject) -> QObject {
                 .collect();
             if let Some(tag) = tag {
                 let chosen = d.get(tag).and_then(QObject::as_str);
-                if let Some((_, branch)) = variants.iter().find(|(v, _)| Some(v.as_str()) == chosen)
-                {
-                    if let Some(SchemaType::Object { members, .. }) = schema.type_info(branch) {
-                        allowed.extend(
-                            members
-                                .iter()
-                                .map(|m| (m.name.as_str(), m.type_name.as_str())),
-                        );
-                    }
+                let (_, branch) = variants.iter().find(|(v, _)| Some(v.as_str()) == chosen)?;
+                if let Some(SchemaType::Object { members, .. }) = schema.type_info(branch) {
+                    allowed.extend(
+                        members
+                            .iter()
+                            .map(|m| (m.name.as_str(), m.type_name.as_str())),
+                    );
                 }
             }
             let mut out = QDict::new();
             for (k, v) in d.iter_inserted() {
                 if let Some((_, t)) = allowed.iter().find(|(name, _)| *name == k) {
-                    out.put(k, project(schema, t, v.clone()));
+                    if let Some(v) = project(schema, t, v.clone()) {
+                        out.put(k, v);
+                    }
                 }
             }
             QObject::Dict(out)
@@ -60,18 +62,18 @@ pub fn project(schema: &Schema, type_name: &str, value: QObject) -> QObject {
                 _ => !matches!(v, QObject::Dict(_) | QObject::List(_)),
             };
             match members.iter().find(|t| fits(t)) {
-                Some(t) => project(schema, t, v),
+                Some(t) => return project(schema, t, v),
                 None => v,
             }
         }
         (_, v) => v,
-    }
+    })
 }
 
 /// The reply of `command`, fitted to the command's return type.
 pub fn reply(schema: &Schema, command: &str, value: QObject) -> QObject {
     match schema.command(command) {
-        Some(c) => project(schema, &c.ret_type.clone(), value),
+        Some(c) => project(schema, &c.ret_type, value.clone()).unwrap_or(value),
         None => value,
     }
 }
