@@ -29,6 +29,32 @@ pub enum ImageError {
     BadQcow2(String),
 }
 
+/// Creates an empty qcow2 image (QEMU's defaults: v3, 64 KiB clusters,
+/// 16-bit refcounts) with an optional backing file and format in its header.
+pub fn create_qcow2(
+    filename: &str,
+    size: u64,
+    backing: Option<(&str, &str)>,
+) -> Result<(), ImageError> {
+    use imago::{FormatCreateBuilder, Storage, StorageCreateOptions};
+    let err = |e: std::io::Error| ImageError::Open {
+        path: filename.to_owned(),
+        reason: strerror(&e),
+    };
+    let file = imago::file::File::create_open(
+        StorageCreateOptions::new()
+            .filename(filename)
+            .size(0)
+            .overwrite(true),
+    )
+    .map_err(err)?;
+    let mut b = imago::qcow2::Qcow2::<imago::file::File>::create_builder(file).size(size);
+    if let Some((name, format)) = backing {
+        b = b.backing(name.to_owned(), format.to_owned());
+    }
+    b.create().map_err(err)
+}
+
 /// `strerror()` text of an I/O error, without Rust's " (os error N)".
 pub fn strerror(e: &std::io::Error) -> String {
     let s = e.to_string();

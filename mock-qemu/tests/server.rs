@@ -539,3 +539,103 @@ fn the_profile_comes_from_the_environment_when_a_launcher_passes_only_qemu_optio
         json!({"micro": 22, "minor": 2, "major": 7})
     );
 }
+
+fn qsd(p: &Program) -> (Running, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("q.sock");
+    let args = vec![
+        "--chardev".to_string(),
+        format!("socket,path={},server=on,wait=off,id=c", sock.display()),
+        "--monitor".into(),
+        "chardev=c".into(),
+    ];
+    (spawn(p, &args, dir), sock)
+}
+
+/// `qemu-img info --backing-chain --output=json`, minus what depends on the
+/// writer's layout (file lengths) rather than on the chain.
+fn chain_info(path: &Path) -> Vec<Value> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--backing-chain", "--output=json", "-U"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img info: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    v.into_iter()
+        .map(|i| {
+            json!({
+                "filename": i["filename"], "format": i["format"], "virtual-size": i["virtual-size"],
+                "backing-filename": i["backing-filename"], "backing-filename-format": i["backing-filename-format"],
+                "cluster-size": i["cluster-size"], "format-specific": i["format-specific"],
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn snapshot_overlays_are_valid_images_with_the_chain_qemu_writes() {
+    let mut seen: Vec<(String, Vec<Value>)> = vec![];
+    for p in programs(Flavor::Qsd) {
+        let (vm, sock) = qsd(&p);
+        let base = vm.path("base.qcow2");
+        let snap = vm.path("snap.qcow2");
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&base)
+            .arg("4M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut c = Client::connect(&sock);
+        c.negotiate();
+        let (_, r) = c.cmd(
+            json!({"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "base",
+            "file": {"driver": "file", "filename": base}}}),
+        );
+        assert_eq!(r, json!({"return": {}}), "{}", p.label);
+        let (_, r) = c.cmd(
+            json!({"execute": "blockdev-snapshot-sync", "arguments": {"node-name": "base",
+            "snapshot-file": snap, "snapshot-node-name": "snap", "format": "qcow2"}}),
+        );
+        assert_eq!(r, json!({"return": {}}), "{}", p.label);
+        let check = Command::new("qemu-img")
+            .args(["check", "-U"])
+            .arg(&snap)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}: qemu-img check: {}",
+            p.label,
+            String::from_utf8_lossy(&check.stdout)
+        );
+        let info: Vec<Value> = chain_info(&snap)
+            .into_iter()
+            .map(|mut i| {
+                // The work folders differ between the two runs.
+                for k in ["filename", "backing-filename"] {
+                    if let Some(s) = i[k].as_str() {
+                        i[k] = json!(s.replace(&vm.dir.path().display().to_string(), "<dir>"));
+                    }
+                }
+                i
+            })
+            .collect();
+        assert_eq!(info.len(), 2, "{}: {info:?}", p.label);
+        assert_eq!(
+            info[0]["backing-filename"], "<dir>/base.qcow2",
+            "{}",
+            p.label
+        );
+        seen.push((p.label.clone(), info));
+    }
+    // The mock wrote the chain real QEMU writes.
+    if let [(m, a), (r, b)] = &seen[..] {
+        assert_eq!(a, b, "{m} vs {r}");
+    }
+}

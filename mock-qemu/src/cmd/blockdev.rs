@@ -7,7 +7,9 @@
 use super::desc;
 use super::{not_implemented, Context, Return};
 use crate::image;
-use crate::model::graph::{Cache, Graph, NewNode, Node, NodeId};
+use crate::model::graph::{
+    Cache, Graph, NewNode, Node, NodeId, PERM_READ, PERM_RESIZE, PERM_WRITE,
+};
 use crate::qmp::error::QmpError;
 use crate::qmp::json::to_json;
 use crate::qmp::qobject::{QDict, QNum, QObject};
@@ -52,16 +54,12 @@ impl BlockdevAdd {
         {
             return Err(QmpError::generic(desc::ROOT_NEEDS_NODE_NAME));
         }
-        let mut opener = Opener {
-            ctx,
-            created: Vec::new(),
-        };
+        let mut opener = Opener::new(ctx);
         match opener.open(&self.args, false, true) {
             Ok(_) => Ok(QObject::Dict(QDict::new())),
             Err(e) => {
                 // What a failed open created is freed again.
-                let created = std::mem::take(&mut opener.created);
-                opener.ctx.machine.graph_mut().discard(&created);
+                opener.rollback();
                 Err(e)
             }
         }
@@ -70,7 +68,7 @@ impl BlockdevAdd {
 
 /// Opens a node definition and its children, as `bdrv_open_inherit()`:
 /// the `file` child first, then the node itself (its name), then `backing`.
-struct Opener<'c, 'a> {
+pub(super) struct Opener<'c, 'a> {
     ctx: &'c mut Context<'a>,
     created: Vec<NodeId>,
 }
@@ -91,7 +89,7 @@ impl Opener<'_, '_> {
                 .machine
                 .graph()
                 .find(name)
-                .ok_or_else(|| desc::node_lookup(self.ctx.profile.version(), name)),
+                .ok_or_else(|| desc::node_lookup(self.ctx.profile.version(), name, name)),
             QObject::Dict(d) => self.open(d, parent_ro, false),
             _ => Err(self.unsupported("?")),
         }
@@ -109,7 +107,27 @@ impl Opener<'_, '_> {
         Ok(id)
     }
 
-    fn open(&mut self, a: &QDict, parent_ro: bool, top: bool) -> Result<NodeId, QmpError> {
+    /// An opener for one command; on failure, [`Opener::rollback`] frees
+    /// what it created.
+    pub(super) fn new<'c2, 'a2>(ctx: &'c2 mut Context<'a2>) -> Opener<'c2, 'a2> {
+        Opener {
+            ctx,
+            created: Vec::new(),
+        }
+    }
+
+    /// Frees the nodes this opener created.
+    pub(super) fn rollback(&mut self) {
+        let created = std::mem::take(&mut self.created);
+        self.ctx.machine.graph_mut().discard(&created);
+    }
+
+    pub(super) fn open(
+        &mut self,
+        a: &QDict,
+        parent_ro: bool,
+        top: bool,
+    ) -> Result<NodeId, QmpError> {
         let driver = a
             .get("driver")
             .and_then(QObject::as_str)
@@ -166,6 +184,20 @@ impl Opener<'_, '_> {
                         .check_new_name(n)
                         .map_err(|e| desc::graph_error(v, &e))?;
                 }
+                // Attaching the file child takes its locks: a metadata child
+                // is not shared for writing, and written when writable.
+                let graph = self.ctx.machine.graph();
+                let mut want = graph.locks(file);
+                want.perm |= PERM_READ
+                    | if node.read_only {
+                        0
+                    } else {
+                        PERM_WRITE | PERM_RESIZE
+                    };
+                want.unshared |= PERM_WRITE | PERM_RESIZE;
+                if let Some(msg) = graph.lock_conflict(file, want) {
+                    return Err(QmpError::generic(msg));
+                }
                 let header = image::read_qcow2(&facts.filename)
                     .map_err(|e| QmpError::generic(e.to_string()))?;
                 node.size = header.size;
@@ -213,6 +245,7 @@ impl Opener<'_, '_> {
         def.put("driver", format);
         def.put("file", file);
         self.open(&def, true, false)
+            .map_err(|e| QmpError::new(e.class, format!("Could not open backing file: {}", e.desc)))
     }
 }
 
@@ -323,7 +356,7 @@ impl QueryNamedBlockNodes {
 /// The node's file name as QEMU reports it: a file's own name, a format
 /// node's file child's name, else a `json:{…}` pseudo-protocol name built
 /// from the node's strong options.
-fn filename(graph: &Graph, node: &Node) -> String {
+pub(super) fn filename(graph: &Graph, node: &Node) -> String {
     if let Some(f) = &node.file {
         return f.filename.clone();
     }

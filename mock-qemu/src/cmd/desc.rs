@@ -28,12 +28,14 @@ pub fn graph_error(v: Version, e: &GraphError) -> QmpError {
     })
 }
 
-/// A node reference that names no node (`file: "X"`, `backing: "X"`).
-pub fn node_lookup(v: Version, name: &str) -> QmpError {
+/// `bdrv_lookup_bs(device, node)` found nothing. References that may name
+/// either (`file: "X"`, `node: "X"`) pass the same string twice; node-only
+/// lookups (`node-name` of blockdev-snapshot-sync) pass an empty device.
+pub fn node_lookup(v: Version, device: &str, node: &str) -> QmpError {
     QmpError::generic(if v < Version::V7_2 {
-        format!("Cannot find device={name} nor node_name={name}")
+        format!("Cannot find device={device} nor node_name={node}")
     } else {
-        format!("Cannot find device='{name}' nor node-name='{name}'")
+        format!("Cannot find device='{device}' nor node-name='{node}'")
     })
 }
 

@@ -8,6 +8,7 @@ mod blockdev;
 mod control;
 mod desc;
 mod jobs;
+mod snapshot;
 mod system;
 
 use std::collections::BTreeMap;
@@ -55,6 +56,8 @@ pub fn execute(
         "blockdev-add" => blockdev::BlockdevAdd::new(dict(&args)).apply(ctx),
         "blockdev-del" => blockdev::BlockdevDel::new(&dict(&args)).apply(ctx),
         "query-named-block-nodes" => blockdev::QueryNamedBlockNodes::new(&dict(&args)).apply(ctx),
+        "blockdev-snapshot-sync" => snapshot::BlockdevSnapshotSync::new(dict(&args)).apply(ctx),
+        "blockdev-snapshot" => snapshot::BlockdevSnapshot::new(&dict(&args)).apply(ctx),
         "query-jobs" => jobs::QueryJobs::new("query-jobs").apply(ctx),
         "query-block-jobs" => jobs::QueryJobs::new("query-block-jobs").apply(ctx),
         "job-pause" | "job-resume" | "job-cancel" | "job-complete" | "job-finalize"

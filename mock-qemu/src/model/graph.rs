@@ -93,6 +93,45 @@ pub struct Node {
     pub qcow2: Option<Qcow2Facts>,
 }
 
+/// Block permissions as QEMU's file locks name them, in QEMU's bit order
+/// (`BLK_PERM_CONSISTENT_READ` … `BLK_PERM_RESIZE`).
+pub const PERM_NAMES: [&str; 4] = ["consistent read", "write", "write unchanged", "resize"];
+/// `BLK_PERM_CONSISTENT_READ`.
+pub const PERM_READ: u8 = 1;
+/// `BLK_PERM_WRITE`.
+pub const PERM_WRITE: u8 = 2;
+/// `BLK_PERM_RESIZE`.
+pub const PERM_RESIZE: u8 = 8;
+
+/// What a `file` node locks: permissions it uses, and permissions it does
+/// not let other users of the same file have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Locks {
+    /// Permissions held.
+    pub perm: u8,
+    /// Permissions not shared.
+    pub unshared: u8,
+}
+
+impl Locks {
+    /// QEMU's check of a new user's locks against an existing one
+    /// (`raw_check_lock_bytes`): its permissions first, then what it
+    /// unshares, lowest bit first.
+    pub fn conflict(self, other: Locks) -> Option<String> {
+        for (bit, name) in PERM_NAMES.iter().enumerate() {
+            if self.perm & other.unshared & (1 << bit) != 0 {
+                return Some(format!("Failed to get \"{name}\" lock"));
+            }
+        }
+        for (bit, name) in PERM_NAMES.iter().enumerate() {
+            if self.unshared & other.perm & (1 << bit) != 0 {
+                return Some(format!("Failed to get shared \"{name}\" lock"));
+            }
+        }
+        None
+    }
+}
+
 /// What the graph refuses. The command layer words these per profile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {
@@ -252,6 +291,15 @@ impl Graph {
         Ok(())
     }
 
+    /// Frees a node no parent holds and that the monitor does not own,
+    /// with its children that are left unused (QEMU's refcount drop).
+    pub fn free_unused(&mut self, id: NodeId) {
+        let owned = self.nodes.get(&id).is_some_and(|n| n.monitor_owned);
+        if !owned && self.parent_of(id).is_none() {
+            self.remove_unreferenced(id);
+        }
+    }
+
     /// Removes nodes a failed `blockdev-add` created (generated names stay
     /// consumed, as in QEMU).
     pub fn discard(&mut self, ids: &[NodeId]) {
@@ -264,6 +312,46 @@ impl Graph {
     pub fn attach(&mut self, parent: NodeId, role: &str, child: NodeId) {
         if let Some(p) = self.nodes.get_mut(&parent) {
             p.children.push((role.to_owned(), child));
+        }
+    }
+
+    /// The locks a file node holds, from its parents: a format driver's
+    /// metadata child (`qcow2`'s `file`) is read consistently, written and
+    /// resized when the format node is writable, and never shared for
+    /// writing or resizing (`bdrv_default_perms_for_storage`). `raw` passes
+    /// its own parents' needs through, and nodes without users need nothing.
+    pub fn locks(&self, file: NodeId) -> Locks {
+        let mut l = Locks::default();
+        for p in self.nodes.values() {
+            if p.driver == "qcow2" && p.children.iter().any(|(r, c)| r == "file" && *c == file) {
+                l.perm |= PERM_READ;
+                if !p.read_only {
+                    l.perm |= PERM_WRITE | PERM_RESIZE;
+                }
+                l.unshared |= PERM_WRITE | PERM_RESIZE;
+            }
+        }
+        l
+    }
+
+    /// Would `file` (a `file` node) holding `want` conflict with another
+    /// file node of the same file? Returns QEMU's message.
+    pub fn lock_conflict(&self, file: NodeId, want: Locks) -> Option<String> {
+        let name = self.nodes.get(&file)?.file.as_ref()?.filename.clone();
+        self.nodes
+            .iter()
+            .filter(|(id, n)| **id != file && n.file.as_ref().is_some_and(|f| f.filename == name))
+            .find_map(|(id, _)| want.conflict(self.locks(*id)))
+    }
+
+    /// Marks a node and its `file` child read-only (a node that became a
+    /// backing file is reopened read-only).
+    pub fn set_read_only(&mut self, id: NodeId) {
+        let file = self.child(id, "file");
+        for n in [Some(id), file].into_iter().flatten() {
+            if let Some(node) = self.nodes.get_mut(&n) {
+                node.read_only = true;
+            }
         }
     }
 
