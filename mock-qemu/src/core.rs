@@ -60,6 +60,9 @@ pub struct Delivery {
     pub events: Vec<String>,
     /// The reply line for the requester (none for whitespace-only input).
     pub reply: Option<String>,
+    /// Event lines raised after the reply (work QEMU completes once the
+    /// command has answered); same recipients as `events`.
+    pub after: Vec<String>,
     /// The sessions that receive `events` (negotiated ones).
     pub recipients: Vec<SessionId>,
 }
@@ -72,6 +75,7 @@ pub struct Core {
     sessions: BTreeMap<SessionId, SessionState>,
     next_session: SessionId,
     style: Style,
+    host: Box<dyn crate::host::HostIo>,
 }
 
 impl Core {
@@ -84,7 +88,13 @@ impl Core {
             sessions: BTreeMap::new(),
             next_session: 1,
             style,
+            host: Box::new(crate::host::NoHostIo),
         }
+    }
+
+    /// Plugs in the host side (real NBD sockets); the default opens nothing.
+    pub fn set_host_io(&mut self, host: Box<dyn crate::host::HostIo>) {
+        self.host = host;
     }
 
     /// The impersonated profile.
@@ -130,7 +140,9 @@ impl Core {
             reply: Some(to_json_with(&QObject::Dict(reply), self.style)),
             ..Delivery::default()
         };
-        d.events = self.drain_events();
+        let (now, after) = self.drain_events();
+        d.events = now;
+        d.after = after;
         d.recipients = self.negotiated_sessions();
         d
     }
@@ -141,7 +153,9 @@ impl Core {
         let mut d = Delivery::default();
         let system = self.profile.flavor() == crate::profile::Flavor::System;
         self.machine.request_quit(system, signal_reason);
-        d.events = self.drain_events();
+        let (now, after) = self.drain_events();
+        d.events = now;
+        d.after = after;
         d.recipients = self.negotiated_sessions();
         d
     }
@@ -154,12 +168,18 @@ impl Core {
             .collect()
     }
 
-    fn drain_events(&mut self) -> Vec<String> {
-        self.machine
-            .take_events()
-            .iter()
-            .map(|e| self.event_line(e))
-            .collect()
+    /// Event lines raised so far: (before the reply, after the reply).
+    fn drain_events(&mut self) -> (Vec<String>, Vec<String>) {
+        let (mut now, mut after) = (Vec::new(), Vec::new());
+        for e in self.machine.take_events() {
+            let line = self.event_line(&e);
+            if e.after_reply {
+                after.push(line);
+            } else {
+                now.push(line);
+            }
+        }
+        (now, after)
     }
 
     fn event_line(&self, e: &Stamped) -> String {
@@ -247,6 +267,7 @@ impl Core {
             profile: &self.profile,
             machine: &mut self.machine,
             sessions: &mut self.sessions,
+            host: self.host.as_mut(),
         };
         cmd::execute(&mut ctx, command, args_json)
     }

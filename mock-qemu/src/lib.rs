@@ -14,6 +14,7 @@
 pub mod cmd;
 pub mod cmdline;
 pub mod core;
+pub mod host;
 pub mod image;
 pub mod model;
 pub mod profile;

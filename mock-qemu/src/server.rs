@@ -48,6 +48,11 @@ impl Hub {
         if let Some(reply) = &d.reply {
             send(&self.queues, requester, reply);
         }
+        for line in &d.after {
+            for &sid in &d.recipients {
+                send(&self.queues, sid, line);
+            }
+        }
     }
 }
 

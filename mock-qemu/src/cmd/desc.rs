@@ -25,6 +25,7 @@ pub fn graph_error(v: Version, e: &GraphError) -> QmpError {
         }
         GraphError::NotMonitorOwned(n) => format!("Node {n} is not owned by the monitor"),
         GraphError::InUse(n) => format!("Block device {n} is in use"),
+        GraphError::HasBackend(n) => format!("Node {n} is in use"),
     })
 }
 

@@ -7,6 +7,7 @@
 mod blockdev;
 mod control;
 mod desc;
+mod exports;
 mod jobs;
 mod snapshot;
 mod system;
@@ -33,6 +34,8 @@ pub struct Context<'a> {
     pub machine: &'a mut Machine,
     /// Every session's protocol state (qmp_capabilities changes the requester's).
     pub sessions: &'a mut BTreeMap<SessionId, SessionState>,
+    /// Sockets and other effects outside the model.
+    pub host: &'a mut dyn crate::host::HostIo,
 }
 
 /// A command's success value.
@@ -58,6 +61,13 @@ pub fn execute(
         "query-named-block-nodes" => blockdev::QueryNamedBlockNodes::new(&dict(&args)).apply(ctx),
         "blockdev-snapshot-sync" => snapshot::BlockdevSnapshotSync::new(dict(&args)).apply(ctx),
         "blockdev-snapshot" => snapshot::BlockdevSnapshot::new(&dict(&args)).apply(ctx),
+        "nbd-server-start" => exports::NbdServerStart::new(dict(&args)).apply(ctx),
+        "nbd-server-stop" => exports::NbdServerStop.apply(ctx),
+        "block-export-add" => exports::BlockExportAdd::from_qmp(&dict(&args)).apply(ctx),
+        "nbd-server-add" => exports::BlockExportAdd::from_legacy(&dict(&args)).apply(ctx),
+        "block-export-del" => exports::BlockExportDel::new(&dict(&args), false).apply(ctx),
+        "nbd-server-remove" => exports::BlockExportDel::new(&dict(&args), true).apply(ctx),
+        "query-block-exports" => exports::QueryBlockExports.apply(ctx),
         "query-jobs" => jobs::QueryJobs::new("query-jobs").apply(ctx),
         "query-block-jobs" => jobs::QueryJobs::new("query-block-jobs").apply(ctx),
         "job-pause" | "job-resume" | "job-cancel" | "job-complete" | "job-finalize"
@@ -112,5 +122,10 @@ pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
         }
         ModelEvent::Stop => ("STOP", None),
         ModelEvent::Resume => ("RESUME", None),
+        ModelEvent::BlockExportDeleted { id } => {
+            let mut d = QDict::new();
+            d.put("id", id.clone());
+            ("BLOCK_EXPORT_DELETED", Some(QObject::Dict(d)))
+        }
     }
 }

@@ -147,6 +147,9 @@ pub enum GraphError {
     /// No node has this name.
     #[error("no node named '{0}'")]
     NotFound(String),
+    /// A BlockBackend (an export, a device) uses the node.
+    #[error("node '{0}' has a block backend")]
+    HasBackend(String),
     /// The node was not created by `blockdev-add` at the top level.
     #[error("node '{0}' is not owned by the monitor")]
     NotMonitorOwned(String),
@@ -176,6 +179,8 @@ pub struct NewNode {
 #[derive(Debug, Default)]
 pub struct Graph {
     nodes: BTreeMap<NodeId, Node>,
+    /// BlockBackends attached to nodes (exports, devices), by owner name.
+    backends: Vec<(String, NodeId)>,
     next_id: NodeId,
     /// Counter for generated names (`#block%03d` … QEMU counts every
     /// generated name, never reusing one).
@@ -270,6 +275,9 @@ impl Graph {
         let id = self
             .find(name)
             .ok_or_else(|| GraphError::NotFound(name.to_owned()))?;
+        if self.backends.iter().any(|(_, n)| *n == id) {
+            return Err(GraphError::HasBackend(name.to_owned()));
+        }
         let backing_parent = self.nodes.values().find(|p| {
             p.children
                 .iter()
@@ -289,6 +297,16 @@ impl Graph {
         }
         self.remove_unreferenced(id);
         Ok(())
+    }
+
+    /// Attaches a BlockBackend (an export or a device named `owner`).
+    pub fn attach_backend(&mut self, owner: &str, id: NodeId) {
+        self.backends.push((owner.to_owned(), id));
+    }
+
+    /// Detaches `owner`'s BlockBackend.
+    pub fn detach_backend(&mut self, owner: &str) {
+        self.backends.retain(|(o, _)| o != owner);
     }
 
     /// Frees a node no parent holds and that the monitor does not own,

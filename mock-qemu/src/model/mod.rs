@@ -5,6 +5,7 @@
 //! and what it wants to tell clients goes into its outbox as [`ModelEvent`]s.
 
 pub mod clock;
+pub mod exports;
 pub mod graph;
 
 use std::collections::BTreeMap;
@@ -47,6 +48,11 @@ pub enum ModelEvent {
     Stop,
     /// `RESUME` (system emulator).
     Resume,
+    /// `BLOCK_EXPORT_DELETED`.
+    BlockExportDeleted {
+        /// The export id.
+        id: String,
+    },
 }
 
 /// An event with the virtual time it happened at.
@@ -56,6 +62,9 @@ pub struct Stamped {
     pub at: VirtualTime,
     /// What.
     pub event: ModelEvent,
+    /// Raised after the command's reply went out (QEMU finished the work
+    /// asynchronously), rather than while the command ran.
+    pub after_reply: bool,
 }
 
 /// One simulated QEMU process.
@@ -64,6 +73,7 @@ pub struct Machine {
     clock: VirtualClock,
     jobs: BTreeMap<String, Job>,
     graph: Graph,
+    exports: exports::Exports,
     run_state: RunState,
     quit_requested: bool,
     outbox: Vec<Stamped>,
@@ -76,6 +86,7 @@ impl Machine {
             clock: VirtualClock::new(epoch),
             jobs: BTreeMap::new(),
             graph: Graph::new(),
+            exports: exports::Exports::default(),
             run_state: if start_paused {
                 RunState::Prelaunch
             } else {
@@ -158,9 +169,39 @@ impl Machine {
 
     fn emit(&mut self, event: ModelEvent) {
         self.outbox.push(Stamped {
+            after_reply: false,
             at: self.clock.now(),
             event,
         });
+    }
+
+    /// Raises an event that QEMU emits once the command has answered.
+    pub fn emit_after_reply(&mut self, event: ModelEvent) {
+        self.outbox.push(Stamped {
+            at: self.clock.now(),
+            event,
+            after_reply: true,
+        });
+    }
+
+    /// Raises an event now (before the running command's reply).
+    pub fn emit_now(&mut self, event: ModelEvent) {
+        self.emit(event);
+    }
+
+    /// The NBD server and exports.
+    pub fn exports(&self) -> &exports::Exports {
+        &self.exports
+    }
+
+    /// The NBD server and exports, for changes.
+    pub fn exports_mut(&mut self) -> &mut exports::Exports {
+        &mut self.exports
+    }
+
+    /// Graph and exports together (export changes touch both).
+    pub fn graph_and_exports(&mut self) -> (&mut Graph, &mut exports::Exports) {
+        (&mut self.graph, &mut self.exports)
     }
 
     /// Takes every event raised since the last call, oldest first.

@@ -1,0 +1,60 @@
+//! Block exports and the NBD server, as state (the sockets live in the
+//! host I/O layer).
+
+use super::graph::NodeId;
+
+/// One export (`block-export-add`, or `nbd-server-add`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    /// The export id.
+    pub id: String,
+    /// The exported node.
+    pub node: NodeId,
+    /// The NBD export name.
+    pub name: String,
+    /// The NBD description.
+    pub description: Option<String>,
+    /// Clients may write.
+    pub writable: bool,
+}
+
+/// The NBD server (at most one) and every export.
+#[derive(Debug, Default)]
+pub struct Exports {
+    /// The server's listening address, as given (`None`: not running).
+    pub server: Option<String>,
+    list: Vec<Export>,
+}
+
+impl Exports {
+    /// Every export, newest first (as `query-block-exports` lists them).
+    pub fn newest_first(&self) -> impl Iterator<Item = &Export> {
+        self.list.iter().rev()
+    }
+
+    /// The export with this id.
+    pub fn by_id(&self, id: &str) -> Option<&Export> {
+        self.list.iter().find(|e| e.id == id)
+    }
+
+    /// The export with this NBD name.
+    pub fn by_name(&self, name: &str) -> Option<&Export> {
+        self.list.iter().find(|e| e.name == name)
+    }
+
+    /// Adds an export.
+    pub fn add(&mut self, e: Export) {
+        self.list.push(e);
+    }
+
+    /// Removes an export by id.
+    pub fn remove(&mut self, id: &str) -> Option<Export> {
+        let pos = self.list.iter().position(|e| e.id == id)?;
+        Some(self.list.remove(pos))
+    }
+
+    /// Removes every export (the server stopped), oldest first.
+    pub fn clear(&mut self) -> Vec<Export> {
+        std::mem::take(&mut self.list)
+    }
+}
