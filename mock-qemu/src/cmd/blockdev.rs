@@ -275,6 +275,7 @@ fn common(driver: &str, a: &QDict, parent_ro: bool) -> Node {
         monitor_owned: false,
         file: None,
         qcow2: None,
+        bitmaps: Vec::new(),
     }
 }
 
@@ -367,6 +368,10 @@ pub(super) fn filename(graph: &Graph, node: &Node) -> String {
         .and_then(|(_, c)| graph.node(*c))
     {
         return filename(graph, child);
+    }
+    // Only the driver: the protocol's own name (bdrv_refresh_filename).
+    if node.strong_options.len() <= 1 {
+        return format!("{}://", node.driver);
     }
     format!(
         "json:{}",
@@ -484,5 +489,25 @@ fn node_info(ctx: &Context<'_>, id: NodeId, flat: bool) -> Result<QDict, QmpErro
     d.put("cache", cache);
     d.put("write_threshold", 0i64);
     d.put("active", true);
+    if !node.bitmaps.is_empty() {
+        let list = node
+            .bitmaps
+            .iter()
+            .rev()
+            .map(|b| {
+                let mut m = QDict::new();
+                m.put("name", b.name.clone());
+                m.put("recording", b.recording);
+                m.put("persistent", b.persistent);
+                m.put("busy", false);
+                // Dropped from the schema after 5.2; the projection decides.
+                m.put("status", if b.recording { "active" } else { "disabled" });
+                m.put("granularity", b.granularity);
+                m.put("count", 0i64);
+                QObject::Dict(m)
+            })
+            .collect();
+        d.put("dirty-bitmaps", QObject::List(list));
+    }
     Ok(d)
 }

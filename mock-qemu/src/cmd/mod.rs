@@ -4,6 +4,7 @@
 //! deserializing them cannot fail on shape; a command only adds the checks
 //! QEMU's own C code makes. [`execute`] is the routing table.
 
+mod bitmaps;
 mod blockdev;
 mod control;
 mod desc;
@@ -68,6 +69,12 @@ pub fn execute(
         "block-export-del" => exports::BlockExportDel::new(&dict(&args), false).apply(ctx),
         "nbd-server-remove" => exports::BlockExportDel::new(&dict(&args), true).apply(ctx),
         "query-block-exports" => exports::QueryBlockExports.apply(ctx),
+        "block-dirty-bitmap-add" => bitmaps::BitmapAdd::new(&dict(&args)).apply(ctx),
+        "block-dirty-bitmap-remove"
+        | "block-dirty-bitmap-clear"
+        | "block-dirty-bitmap-enable"
+        | "block-dirty-bitmap-disable" => bitmaps::BitmapVerb::new(name, &dict(&args)).apply(ctx),
+        "block-dirty-bitmap-merge" => bitmaps::BitmapMerge::new(&dict(&args)).apply(ctx),
         "query-jobs" => jobs::QueryJobs::new("query-jobs").apply(ctx),
         "query-block-jobs" => jobs::QueryJobs::new("query-block-jobs").apply(ctx),
         "job-pause" | "job-resume" | "job-cancel" | "job-complete" | "job-finalize"

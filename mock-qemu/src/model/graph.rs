@@ -64,6 +64,19 @@ pub struct Qcow2Facts {
     pub compression_zstd: bool,
 }
 
+/// A dirty bitmap of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bitmap {
+    /// Its name.
+    pub name: String,
+    /// Bytes per bit.
+    pub granularity: u64,
+    /// Stored in the image (qcow2) when the node closes.
+    pub persistent: bool,
+    /// Records writes (enabled).
+    pub recording: bool,
+}
+
 /// One block driver state (`BlockDriverState`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
@@ -91,6 +104,8 @@ pub struct Node {
     pub file: Option<FileFacts>,
     /// For a `qcow2` node: its header.
     pub qcow2: Option<Qcow2Facts>,
+    /// Dirty bitmaps, oldest first.
+    pub bitmaps: Vec<Bitmap>,
 }
 
 /// Block permissions as QEMU's file locks name them, in QEMU's bit order
@@ -373,6 +388,11 @@ impl Graph {
         }
     }
 
+    /// A node, for changes that keep the graph's shape (bitmaps, flags).
+    pub fn node_mut(&mut self, id: NodeId) -> Option<&mut Node> {
+        self.nodes.get_mut(&id)
+    }
+
     /// The child in `role`, if any.
     pub fn child(&self, id: NodeId, role: &str) -> Option<NodeId> {
         self.nodes
@@ -429,6 +449,7 @@ mod tests {
             monitor_owned: true,
             file: None,
             qcow2: None,
+            bitmaps: vec![],
         }
     }
 
