@@ -17,6 +17,7 @@ pub mod core;
 pub mod host;
 pub mod image;
 pub mod model;
+pub mod nbd;
 pub mod profile;
 pub mod qmp;
 pub mod server;

@@ -12,6 +12,7 @@ mod exports;
 mod jobs;
 mod snapshot;
 mod system;
+mod transaction;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -75,6 +76,7 @@ pub fn execute(
         | "block-dirty-bitmap-enable"
         | "block-dirty-bitmap-disable" => bitmaps::BitmapVerb::new(name, &dict(&args)).apply(ctx),
         "block-dirty-bitmap-merge" => bitmaps::BitmapMerge::new(&dict(&args)).apply(ctx),
+        "transaction" => transaction::Transaction::new(&dict(&args)).apply(ctx),
         "query-jobs" => jobs::QueryJobs::new("query-jobs").apply(ctx),
         "query-block-jobs" => jobs::QueryJobs::new("query-block-jobs").apply(ctx),
         "job-pause" | "job-resume" | "job-cancel" | "job-complete" | "job-finalize"

@@ -191,7 +191,7 @@ pub struct NewNode {
 }
 
 /// The graph: every node the process holds.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Graph {
     nodes: BTreeMap<NodeId, Node>,
     /// BlockBackends attached to nodes (exports, devices), by owner name.
@@ -386,6 +386,14 @@ impl Graph {
                 node.read_only = true;
             }
         }
+    }
+
+    /// Puts back a copy taken earlier (a failed transaction), keeping the
+    /// generated-name counter where it is, as QEMU does.
+    pub fn restore(&mut self, saved: Graph) {
+        let next_auto = self.next_auto;
+        *self = saved;
+        self.next_auto = next_auto;
     }
 
     /// A node, for changes that keep the graph's shape (bitmaps, flags).

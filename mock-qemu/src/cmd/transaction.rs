@@ -1,0 +1,77 @@
+//! `transaction`: actions run in order; if one fails, the ones before it
+//! are undone and the command reports that action's error. Files an action
+//! created stay on disk, as with QEMU.
+
+use super::{execute, not_implemented, Context, Return};
+use crate::qmp::error::QmpError;
+use crate::qmp::qobject::{QDict, QObject};
+
+/// Action types whose effects are graph and bitmap state.
+const STATE_ACTIONS: &[&str] = &[
+    "block-dirty-bitmap-add",
+    "block-dirty-bitmap-remove",
+    "block-dirty-bitmap-clear",
+    "block-dirty-bitmap-enable",
+    "block-dirty-bitmap-disable",
+    "block-dirty-bitmap-merge",
+    "blockdev-snapshot-sync",
+    "blockdev-snapshot",
+];
+
+/// `transaction`.
+#[derive(Debug)]
+pub struct Transaction {
+    actions: Vec<(String, QDict)>,
+}
+
+impl Transaction {
+    /// From the checked arguments.
+    pub fn new(a: &QDict) -> Self {
+        let actions = match a.get("actions") {
+            Some(QObject::List(l)) => l
+                .iter()
+                .filter_map(QObject::as_dict)
+                .map(|d| {
+                    let kind = d
+                        .get("type")
+                        .and_then(QObject::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    let data = d
+                        .get("data")
+                        .and_then(QObject::as_dict)
+                        .cloned()
+                        .unwrap_or_default();
+                    (kind, data)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Transaction { actions }
+    }
+
+    pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
+        let saved = ctx.machine.graph().clone();
+        for (kind, data) in &self.actions {
+            let result = if kind == "abort" {
+                Err(QmpError::generic("Transaction aborted using Abort action"))
+            } else if STATE_ACTIONS.contains(&kind.as_str()) {
+                execute(
+                    ctx,
+                    kind,
+                    serde_json::Value::from(&QObject::Dict(data.clone())),
+                )
+            } else {
+                Err(not_implemented(
+                    ctx.profile,
+                    &format!("transaction action {kind}"),
+                ))
+            };
+            if let Err(e) = result {
+                ctx.machine.graph_mut().restore(saved);
+                return Err(e);
+            }
+        }
+        Ok(QObject::Dict(QDict::new()))
+    }
+}
