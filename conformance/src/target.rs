@@ -70,6 +70,13 @@ fn work_folder() -> Result<tempfile::TempDir> {
         .context("creating a work folder")
 }
 
+/// A mock with the real host side (image files, sockets), as the binary has.
+fn real_mock(profile: &Arc<Profile>, config: &CoreConfig) -> MockQemu {
+    let mut core = Core::new(Arc::clone(profile), config);
+    core.set_host_io(Box::new(mock_qemu::host::RealHostIo::default()));
+    MockQemu::new(core)
+}
+
 /// mock-qemu in this process.
 #[derive(Debug)]
 pub struct InProcess {
@@ -94,7 +101,7 @@ impl InProcess {
             start_paused: cmdline.start_paused,
             ..CoreConfig::default()
         };
-        let mock = MockQemu::new(Core::new(Arc::clone(&profile), &config));
+        let mock = real_mock(&profile, &config);
         Ok(InProcess {
             profile,
             config,
@@ -116,7 +123,7 @@ impl Target for InProcess {
     fn restart(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.mock.shutdown();
-            self.mock = MockQemu::new(Core::new(Arc::clone(&self.profile), &self.config));
+            self.mock = real_mock(&self.profile, &self.config);
             self.dir = work_folder()?;
             Ok(())
         })

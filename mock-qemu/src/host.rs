@@ -1,9 +1,13 @@
-//! Effects outside the model: the sockets a QEMU process serves besides its
-//! monitors (the NBD server). Commands ask for them through [`HostIo`]; the
-//! server layer plugs in real sockets, fuzzing and unit tests plug in
-//! [`NoHostIo`], which opens nothing.
+//! Effects outside the model: image files and the sockets a QEMU process
+//! serves besides its monitors (the NBD server). Commands reach them only
+//! through [`HostIo`]: a launched mock plugs in [`RealHostIo`]; the default,
+//! [`NoHostIo`], touches nothing (fuzzing, unit tests), so no input can make
+//! a sandboxed core create or read files.
 
 use std::fmt::Debug;
+
+use crate::image::{self, ImageError};
+use crate::model::graph::{FileFacts, Qcow2Facts};
 
 /// Where the NBD server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +44,19 @@ pub struct PublishedExport {
     pub source: ExportSource,
 }
 
-/// The host side of the NBD server.
+/// The host side: image files and the NBD server.
 pub trait HostIo: Debug + Send {
+    /// Opens a file for a `file` node.
+    fn open_file(&mut self, filename: &str) -> Result<FileFacts, ImageError>;
+    /// Reads a qcow2 header.
+    fn read_qcow2(&mut self, filename: &str) -> Result<Qcow2Facts, ImageError>;
+    /// Creates an empty qcow2 image, with a backing file and format.
+    fn create_qcow2(
+        &mut self,
+        filename: &str,
+        size: u64,
+        backing: Option<(&str, &str)>,
+    ) -> Result<(), ImageError>;
     /// Starts listening; `Err` holds QEMU's error text.
     fn nbd_start(&mut self, addr: &NbdListen, max_connections: u32) -> Result<(), String>;
     /// Stops listening and drops clients.
@@ -52,11 +67,63 @@ pub trait HostIo: Debug + Send {
     fn nbd_unpublish(&mut self, name: &str);
 }
 
-/// Opens nothing, accepts everything (fuzzing, unit tests).
+/// Touches nothing: files do not exist, sockets are pretended (fuzzing,
+/// unit tests).
 #[derive(Debug, Default)]
 pub struct NoHostIo;
 
+fn absent(filename: &str) -> ImageError {
+    ImageError::Open {
+        path: filename.to_owned(),
+        reason: "No such file or directory".into(),
+    }
+}
+
 impl HostIo for NoHostIo {
+    fn open_file(&mut self, filename: &str) -> Result<FileFacts, ImageError> {
+        Err(absent(filename))
+    }
+    fn read_qcow2(&mut self, filename: &str) -> Result<Qcow2Facts, ImageError> {
+        Err(absent(filename))
+    }
+    fn create_qcow2(
+        &mut self,
+        filename: &str,
+        _size: u64,
+        _backing: Option<(&str, &str)>,
+    ) -> Result<(), ImageError> {
+        Err(ImageError::Open {
+            path: filename.to_owned(),
+            reason: "Permission denied".into(),
+        })
+    }
+    fn nbd_start(&mut self, _addr: &NbdListen, _max: u32) -> Result<(), String> {
+        Ok(())
+    }
+    fn nbd_stop(&mut self) {}
+    fn nbd_publish(&mut self, _export: PublishedExport) {}
+    fn nbd_unpublish(&mut self, _name: &str) {}
+}
+
+/// The real host: image files on disk. (The NBD server plugs in here.)
+#[derive(Debug, Default)]
+pub struct RealHostIo;
+
+impl HostIo for RealHostIo {
+    fn open_file(&mut self, filename: &str) -> Result<FileFacts, ImageError> {
+        image::open_file(filename)
+    }
+    fn read_qcow2(&mut self, filename: &str) -> Result<Qcow2Facts, ImageError> {
+        image::read_qcow2(filename)
+    }
+    fn create_qcow2(
+        &mut self,
+        filename: &str,
+        size: u64,
+        backing: Option<(&str, &str)>,
+    ) -> Result<(), ImageError> {
+        image::create_qcow2(filename, size, backing)
+    }
     fn nbd_start(&mut self, _addr: &NbdListen, _max: u32) -> Result<(), String> {
         Ok(())
     }

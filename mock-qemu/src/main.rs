@@ -129,13 +129,14 @@ fn run(prog: &str, cfg: Config) -> Result<()> {
     let epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-    let core = Core::new(
+    let mut core = Core::new(
         Arc::clone(&profile),
         &CoreConfig {
             epoch: VirtualTime(epoch),
             start_paused: cfg.start_paused,
         },
     );
+    core.set_host_io(Box::new(mock_qemu::host::RealHostIo::default()));
     let mock = MockQemu::new(core);
     let mut cleanup: Vec<PathBuf> = Vec::new();
     rt.block_on(async {

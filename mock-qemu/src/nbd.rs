@@ -900,7 +900,11 @@ where
     }
     let mut n = Negotiator {
         table: cfg.table.clone(),
-        mode: if fixed { Mode::Simple } else { Mode::ExportName },
+        mode: if fixed {
+            Mode::Simple
+        } else {
+            Mode::ExportName
+        },
         no_zeroes,
         multi_conn: cfg.multi_conn,
         meta: None,
@@ -965,7 +969,8 @@ where
             Step::Continue => {}
             Step::Close => return Ok(None),
             Step::Go(entry) => {
-                let base_allocation = matches!(&n.meta, Some((name, true)) if *name == entry.export.name);
+                let base_allocation =
+                    matches!(&n.meta, Some((name, true)) if *name == entry.export.name);
                 return Ok(Some(Session {
                     entry,
                     mode: n.mode,

@@ -6,7 +6,6 @@
 
 use super::desc;
 use super::{not_implemented, Context, Return};
-use crate::image;
 use crate::model::graph::{
     Cache, Graph, NewNode, Node, NodeId, PERM_READ, PERM_RESIZE, PERM_WRITE,
 };
@@ -149,8 +148,11 @@ impl Opener<'_, '_> {
                     .get("filename")
                     .and_then(QObject::as_str)
                     .unwrap_or_default();
-                let facts =
-                    image::open_file(filename).map_err(|e| QmpError::generic(e.to_string()))?;
+                let facts = self
+                    .ctx
+                    .host
+                    .open_file(filename)
+                    .map_err(|e| QmpError::generic(e.to_string()))?;
                 // bdrv_getlength() counts whole 512-byte sectors.
                 node.size = facts.size.div_ceil(512) * 512;
                 node.file = Some(facts);
@@ -198,7 +200,10 @@ impl Opener<'_, '_> {
                 if let Some(msg) = graph.lock_conflict(file, want) {
                     return Err(QmpError::generic(msg));
                 }
-                let header = image::read_qcow2(&facts.filename)
+                let header = self
+                    .ctx
+                    .host
+                    .read_qcow2(&facts.filename)
                     .map_err(|e| QmpError::generic(e.to_string()))?;
                 node.size = header.size;
                 node.children.push(("file".into(), file));
@@ -236,7 +241,7 @@ impl Opener<'_, '_> {
         file.put("filename", path);
         let format = match format {
             Some(f) => f.to_owned(),
-            None => match image::read_qcow2(path) {
+            None => match self.ctx.host.read_qcow2(path) {
                 Ok(_) => "qcow2".to_owned(),
                 Err(_) => "raw".to_owned(),
             },

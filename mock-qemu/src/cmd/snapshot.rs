@@ -9,7 +9,6 @@
 use super::blockdev::{filename, Opener};
 use super::desc;
 use super::{Context, Return};
-use crate::image;
 use crate::model::graph::NodeId;
 use crate::qmp::error::QmpError;
 use crate::qmp::qobject::{QDict, QObject};
@@ -76,7 +75,8 @@ impl BlockdevSnapshotSync {
                 )));
             }
             let backing = filename(graph, top);
-            image::create_qcow2(&snapshot_file, top.size, Some((&backing, &top.driver)))
+            ctx.host
+                .create_qcow2(&snapshot_file, top.size, Some((&backing, &top.driver)))
                 .map_err(|e| QmpError::generic(e.to_string()))?;
         }
         // Open the overlay (backing overridden: it becomes the old top).
