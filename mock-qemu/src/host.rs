@@ -8,6 +8,7 @@ use std::fmt::Debug;
 
 use crate::image::{self, ImageError};
 use crate::model::graph::{FileFacts, Qcow2Facts};
+use crate::nbd;
 
 /// Where the NBD server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,9 +106,12 @@ impl HostIo for NoHostIo {
     fn nbd_unpublish(&mut self, _name: &str) {}
 }
 
-/// The real host: image files on disk. (The NBD server plugs in here.)
+/// The real host: image files on disk and a real NBD server.
 #[derive(Debug, Default)]
-pub struct RealHostIo;
+pub struct RealHostIo {
+    exports: nbd::ExportTable,
+    server: Option<nbd::NbdServer>,
+}
 
 impl HostIo for RealHostIo {
     fn open_file(&mut self, filename: &str) -> Result<FileFacts, ImageError> {
@@ -124,10 +128,47 @@ impl HostIo for RealHostIo {
     ) -> Result<(), ImageError> {
         image::create_qcow2(filename, size, backing)
     }
-    fn nbd_start(&mut self, _addr: &NbdListen, _max: u32) -> Result<(), String> {
+    fn nbd_start(&mut self, addr: &NbdListen, max: u32) -> Result<(), String> {
+        let (a, shown) = match addr {
+            NbdListen::Unix(p) => (nbd::NbdAddr::Unix(p.into()), p.clone()),
+            NbdListen::Tcp(h, port) => {
+                // QEMU binds what it is given; the mock keeps an empty host on loopback.
+                let host = if h.is_empty() {
+                    "127.0.0.1".to_owned()
+                } else {
+                    h.clone()
+                };
+                (
+                    nbd::NbdAddr::Tcp(host.clone(), *port),
+                    format!("{host}:{port}"),
+                )
+            }
+        };
+        let server = nbd::NbdServer::start(&a, self.exports.clone(), max)
+            .map_err(|e| format!("Failed to bind socket to {shown}: {}", image::strerror(&e)))?;
+        self.server = Some(server);
         Ok(())
     }
-    fn nbd_stop(&mut self) {}
-    fn nbd_publish(&mut self, _export: PublishedExport) {}
-    fn nbd_unpublish(&mut self, _name: &str) {}
+    fn nbd_stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop();
+        }
+    }
+    fn nbd_publish(&mut self, e: PublishedExport) {
+        let data = match e.source {
+            ExportSource::Zeroes => nbd::ExportData::Zeroes,
+            ExportSource::File(f) => nbd::ExportData::RawFile(f.into()),
+            ExportSource::Refuse => nbd::ExportData::Refuse,
+        };
+        self.exports.insert(nbd::Export {
+            name: e.name,
+            description: e.description,
+            size: e.size / 512 * 512,
+            read_only: e.read_only,
+            data,
+        });
+    }
+    fn nbd_unpublish(&mut self, name: &str) {
+        self.exports.remove(name);
+    }
 }

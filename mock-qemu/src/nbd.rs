@@ -844,6 +844,8 @@ struct ConnConfig {
 
 /// The export a client negotiated, and its transmission state.
 struct Session {
+    /// Counts the client on its export while the session lives.
+    _guard: ClientGuard,
     entry: Arc<ExportEntry>,
     mode: Mode,
     base_allocation: bool,
@@ -866,7 +868,6 @@ where
         let Ok(Some(session)) = negotiated else {
             return;
         };
-        let _guard = ClientGuard::new(session.entry.clone());
         let mut removed = session.entry.removed.subscribe();
         tokio::select! {
             _ = transmission(&mut stream, session) => {}
@@ -964,19 +965,26 @@ where
                 n.handle(opt, &[], &mut out)
             }
         };
-        s.write_all(&out).await?;
         match step {
-            Step::Continue => {}
-            Step::Close => return Ok(None),
+            Step::Continue => s.write_all(&out).await?,
+            Step::Close => {
+                s.write_all(&out).await?;
+                return Ok(None);
+            }
             Step::Go(entry) => {
                 let base_allocation =
                     matches!(&n.meta, Some((name, true)) if *name == entry.export.name);
-                return Ok(Some(Session {
+                // Counted before the final reply: once the client sees it,
+                // client_count includes it.
+                let session = Session {
+                    _guard: ClientGuard::new(entry.clone()),
                     entry,
                     mode: n.mode,
                     base_allocation,
                     file: None,
-                }));
+                };
+                s.write_all(&out).await?;
+                return Ok(Some(session));
             }
         }
     }

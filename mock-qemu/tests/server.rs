@@ -639,3 +639,90 @@ fn snapshot_overlays_are_valid_images_with_the_chain_qemu_writes() {
         assert_eq!(a, b, "{m} vs {r}");
     }
 }
+
+fn run_tool(prog: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{prog}: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn exports_are_served_over_nbd_to_qemus_own_tools() {
+    for p in programs(Flavor::Qsd) {
+        let (vm, sock) = qsd(&p);
+        let img = vm.path("data.img");
+        let nbd = vm.path("nbd.sock");
+        let img_s = img.display().to_string();
+        assert!(run_tool("qemu-img", &["create", "-q", "-f", "raw", &img_s, "1M"]).0);
+        assert!(
+            run_tool(
+                "qemu-io",
+                &["-f", "raw", "-c", "write -P 0xab 0 64k", &img_s]
+            )
+            .0
+        );
+        let mut c = Client::connect(&sock);
+        c.negotiate();
+        for cmd in [
+            json!({"execute": "blockdev-add", "arguments": {"driver": "raw", "node-name": "disk", "read-only": true,
+                "file": {"driver": "file", "filename": img_s}}}),
+            json!({"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "zero", "size": 2097152}}),
+            json!({"execute": "nbd-server-start", "arguments": {"addr": {"type": "unix", "data": {"path": nbd}}}}),
+            json!({"execute": "block-export-add", "arguments": {"type": "nbd", "id": "e1", "node-name": "disk", "name": "exp1"}}),
+            json!({"execute": "block-export-add", "arguments": {"type": "nbd", "id": "e2", "node-name": "zero", "description": "zeroes"}}),
+        ] {
+            let (_, r) = c.cmd(cmd.clone());
+            assert_eq!(r, json!({"return": {}}), "{}: {cmd}", p.label);
+        }
+        let nbd_s = nbd.display().to_string();
+        let (ok, list) = run_tool("qemu-nbd", &["--list", "-k", &nbd_s]);
+        assert!(ok, "{}: {list}", p.label);
+        assert!(list.contains("exports available: 2"), "{}: {list}", p.label);
+        assert!(
+            list.contains("export: 'exp1'") && list.contains("size:  1048576"),
+            "{}: {list}",
+            p.label
+        );
+        assert!(
+            list.contains("export: 'zero'")
+                && list.contains("description: zeroes")
+                && list.contains("size:  2097152"),
+            "{}: {list}",
+            p.label
+        );
+        let url = format!("nbd+unix:///exp1?socket={nbd_s}");
+        let (ok, out) = run_tool(
+            "qemu-io",
+            &["-r", "-f", "raw", "-c", "read -P 0xab 0 64k", &url],
+        );
+        assert!(
+            ok && !out.contains("Pattern verification failed"),
+            "{}: {out}",
+            p.label
+        );
+        let (ok, info) = run_tool("qemu-img", &["info", "--output=json", &url]);
+        assert!(
+            ok && info.contains("\"virtual-size\": 1048576"),
+            "{}: {info}",
+            p.label
+        );
+        // Deleting the export disconnects it for new clients.
+        let (_, r) = c.cmd(json!({"execute": "block-export-del", "arguments": {"id": "e1"}}));
+        assert_eq!(r, json!({"return": {}}), "{}", p.label);
+        let (ok, out) = run_tool("qemu-io", &["-r", "-f", "raw", "-c", "read 0 512", &url]);
+        assert!(
+            !ok || out.contains("not present") || out.contains("Could not"),
+            "{}: {out}",
+            p.label
+        );
+    }
+}
