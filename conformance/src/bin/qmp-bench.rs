@@ -16,6 +16,13 @@
 //!    client as many bytes), all complete lines of one read in one write.
 //! 3. **pipelined throughput**: K `query-version` requests written
 //!    back-to-back by a writer thread while the main thread reads K replies.
+//! 4. **query-named-block-nodes on a 100-node graph** (mock-qemu and
+//!    qemu-storage-daemon only): on the same session, 50 qcow2 nodes, each
+//!    with an inline file child, are added (images made once with
+//!    `qemu-img create`, then copied into a folder per target, since QEMU
+//!    locks the images it opens read-write); then `query-named-block-nodes`
+//!    with `flat: true` round trips, each reading the whole (large) reply
+//!    line. No floor: the interesting ratio is qsd/mock (goal: ≥ 10x).
 //!
 //! Start-up races of qemu-storage-daemon 10.0 are tolerated and counted: a
 //! second greeting is skipped; a connection that stays silent (no greeting,
@@ -55,11 +62,18 @@ const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
 const MAX_RETRIES: u32 = 5;
 /// Round trips are interleaved across targets in blocks of this many.
 const RTT_BLOCK: usize = 1000;
+const QUERY_NODES: &[u8] =
+    b"{\"execute\":\"query-named-block-nodes\",\"arguments\":{\"flat\":true}}\n";
+/// qcow2 images in the graph; each is a qcow2 node over a file node.
+const GRAPH_IMAGES: usize = 50;
+const GRAPH_NODES: usize = 2 * GRAPH_IMAGES;
+/// query-named-block-nodes round trips are interleaved in blocks of this many.
+const GRAPH_BLOCK: usize = 25;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "qmp-bench",
-    about = "Launch latency, round-trip latency and pipelined throughput: floor vs mock-qemu vs qemu-storage-daemon"
+    about = "Launch latency, round-trip latency, pipelined throughput and query-named-block-nodes on a 100-node graph: floor vs mock-qemu vs qemu-storage-daemon"
 )]
 struct Args {
     /// The mock-qemu binary (default: mock-qemu next to this binary, else
@@ -87,6 +101,18 @@ struct Args {
     /// Pipelined bursts per target (the median burst is reported).
     #[arg(long, default_value_t = 5)]
     pipeline_reps: usize,
+    /// Measured query-named-block-nodes round trips per target on the
+    /// 100-node graph (0 skips that part).
+    #[arg(long, default_value_t = 300)]
+    graph_round_trips: usize,
+    /// Unmeasured query-named-block-nodes round trips per target before
+    /// measuring.
+    #[arg(long, default_value_t = 20)]
+    graph_warmup: usize,
+    /// qemu-img, to create the graph's images (the graph part is skipped,
+    /// with a warning, when it cannot be run).
+    #[arg(long, default_value = "qemu-img")]
+    qemu_img: PathBuf,
     /// How long to wait for a greeting (or a reply to qmp_capabilities) on a
     /// connection before dropping it and reconnecting (counted as a retry).
     #[arg(long, default_value_t = 500)]
@@ -489,11 +515,15 @@ fn launch_once(
 /// A long-lived server with a session open, for the round-trip and
 /// pipelined measurements.
 struct Session {
-    _server: Server,
+    server: Server,
     client: Client,
     hiccups: Hiccups,
     rtt: Vec<f64>,
     bursts: Vec<f64>,
+    /// query-named-block-nodes round trips on the 100-node graph.
+    graph_rtt: Vec<f64>,
+    /// That reply's size in bytes (the whole line, CR LF included).
+    graph_reply_bytes: Option<usize>,
 }
 
 fn start_session(t: &Target, dir: &Path, timeout: Duration) -> Result<Session> {
@@ -514,7 +544,7 @@ fn start_session(t: &Target, dir: &Path, timeout: Duration) -> Result<Session> {
         }
     };
     let mut s = Session {
-        _server: server,
+        server,
         client: o.client,
         hiccups: Hiccups {
             crashes,
@@ -522,6 +552,8 @@ fn start_session(t: &Target, dir: &Path, timeout: Duration) -> Result<Session> {
         },
         rtt: Vec::new(),
         bursts: Vec::new(),
+        graph_rtt: Vec::new(),
+        graph_reply_bytes: None,
     };
     // Check that query-version works (the trivial server mimics the reply).
     s.client
@@ -580,6 +612,95 @@ fn burst(s: &mut Session, k: usize) -> Result<Duration> {
     wrote.context("writing pipelined requests")?;
     s.hiccups.add(hic);
     Ok(d)
+}
+
+/// Creates the graph's images, once for all targets.
+fn create_images(qemu_img: &Path, dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    for i in 0..GRAPH_IMAGES {
+        let path = dir.join(format!("img{i}.qcow2"));
+        let out = Command::new(qemu_img)
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&path)
+            .arg("1M")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", qemu_img.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} create {}: {} {}",
+                qemu_img.display(),
+                path.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Copies the images into a folder of the target's own (QEMU locks the
+/// images it opens read-write), `images-{n}`: the same length for every
+/// target, since the paths appear in the reply whose size is compared. Adds each as a qcow2 node with an inline
+/// file child (`GRAPH_NODES` nodes), then checks query-named-block-nodes
+/// once and records its reply's size.
+fn build_graph(s: &mut Session, n: usize, images: &Path, dir: &Path) -> Result<()> {
+    let own = dir.join(format!("images-{n}"));
+    fs::create_dir_all(&own)?;
+    let mut line = Vec::with_capacity(256);
+    for i in 0..GRAPH_IMAGES {
+        let file = format!("img{i}.qcow2");
+        let path = own.join(&file);
+        fs::copy(images.join(&file), &path)
+            .with_context(|| format!("copying {file} to {}", own.display()))?;
+        let filename = Value::from(path.to_str().context("the image's path is not UTF-8")?);
+        line.clear();
+        writeln!(
+            line,
+            "{{\"execute\":\"blockdev-add\",\"arguments\":{{\"driver\":\"qcow2\",\"node-name\":\"n{i}\",\"file\":{{\"driver\":\"file\",\"filename\":{filename}}}}}}}"
+        )?;
+        s.client.writer.write_all(&line)?;
+        let reply = next_reply(s).with_context(|| format!("blockdev-add n{i}"))?;
+        if reply.trim_end() != "{\"return\": {}}" {
+            let e = anyhow!("blockdev-add n{i}: unexpected reply {:?}", reply.trim_end());
+            return Err(s.server.explain(e));
+        }
+    }
+    s.client.writer.write_all(QUERY_NODES)?;
+    let reply = next_reply(s).context("query-named-block-nodes")?;
+    let v: Value = serde_json::from_str(&reply).context("query-named-block-nodes reply")?;
+    let nodes = v["return"].as_array().map(Vec::len);
+    if nodes != Some(GRAPH_NODES) {
+        let head: String = reply.chars().take(200).collect();
+        bail!("query-named-block-nodes: expected {GRAPH_NODES} nodes, got {nodes:?}: {head:?}…");
+    }
+    s.graph_reply_bytes = Some(reply.len());
+    Ok(())
+}
+
+/// The next line that is neither an event nor a greeting.
+fn next_reply(s: &mut Session) -> Result<String> {
+    loop {
+        let l = s.client.read_line()?;
+        if l.starts_with("{\"QMP\"") {
+            s.hiccups.dup_greetings += 1;
+        } else if !l.starts_with("{\"event\"") {
+            return Ok(l.to_owned());
+        }
+    }
+}
+
+fn graph_round_trips(s: &mut Session, n: usize, record: bool) -> Result<()> {
+    let mut hic = Hiccups::default();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        s.client.request(QUERY_NODES, &mut hic)?;
+        if record {
+            s.graph_rtt.push(ns(t0.elapsed()));
+        }
+    }
+    s.hiccups.add(hic);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -766,6 +887,9 @@ struct Outcome {
     launch_hiccups: Hiccups,
     rtt: Option<Summary>,
     burst: Option<Summary>,
+    /// query-named-block-nodes on the 100-node graph.
+    graph: Option<Summary>,
+    graph_reply_bytes: Option<usize>,
     session_hiccups: Hiccups,
 }
 
@@ -777,6 +901,8 @@ fn outcome(launch: Option<&LaunchResult>, session: Option<&Session>) -> Outcome 
         launch_hiccups: launch.map(|l| l.hiccups).unwrap_or_default(),
         rtt: session.and_then(|s| sum(&s.rtt)),
         burst: session.and_then(|s| sum(&s.bursts)),
+        graph: session.and_then(|s| sum(&s.graph_rtt)),
+        graph_reply_bytes: session.and_then(|s| s.graph_reply_bytes),
         session_hiccups: session.map(|s| s.hiccups).unwrap_or_default(),
     }
 }
@@ -798,6 +924,8 @@ impl Outcome {
             "rtt": summary_json(self.rtt),
             "pipelined_burst": summary_json(self.burst),
             "pipelined_cmds_per_s": self.per_sec(k),
+            "query_named_block_nodes": summary_json(self.graph),
+            "query_named_block_nodes_reply_bytes": self.graph_reply_bytes,
             "session_hiccups": hiccups_json(&self.session_hiccups),
         })
     }
@@ -895,7 +1023,44 @@ fn run(args: &Args) -> Result<()> {
             s.bursts.push(ns(d));
         }
     }
+    let t_pipe = started.elapsed() - t_launch - t_rtt;
+
+    // 4. query-named-block-nodes on a 100-node graph, mock-qemu and qsd, in
+    // interleaved blocks.
+    let graph_on = args.graph_round_trips > 0 && {
+        let images = dir.path().join("images");
+        match create_images(&args.qemu_img, &images) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("qmp-bench: {e:#}; skipping query-named-block-nodes");
+                false
+            }
+        }
+    };
+    if graph_on {
+        let images = dir.path().join("images");
+        for (i, (t, s)) in servers.iter().zip(sessions.iter_mut()).enumerate() {
+            if matches!(t.kind, Kind::Mock | Kind::Qsd) {
+                build_graph(s, i, &images, dir.path())
+                    .with_context(|| format!("{}: building the graph", t.name))?;
+                graph_round_trips(s, args.graph_warmup, false)
+                    .with_context(|| format!("{} query-named-block-nodes warm-up", t.name))?;
+            }
+        }
+        let mut left = args.graph_round_trips;
+        while left > 0 {
+            let n = left.min(GRAPH_BLOCK);
+            for (t, s) in servers.iter().zip(sessions.iter_mut()) {
+                if matches!(t.kind, Kind::Mock | Kind::Qsd) {
+                    graph_round_trips(s, n, true)
+                        .with_context(|| format!("{} query-named-block-nodes", t.name))?;
+                }
+            }
+            left -= n;
+        }
+    }
     let t_total = started.elapsed();
+    let t_graph = t_total - t_launch - t_rtt - t_pipe;
 
     let outcomes: Vec<Outcome> = targets
         .iter()
@@ -944,7 +1109,19 @@ fn run(args: &Args) -> Result<()> {
             "pipelined throughput",
             col(o_triv, &|o| o.per_sec(args.pipeline)),
         ),
+        Row::time(
+            "query-named-block-nodes (100 nodes) median",
+            [None, med(o_mock.graph), med(o_qsd.graph)],
+        ),
+        Row::time(
+            "query-named-block-nodes (100 nodes) p99",
+            [None, p99(o_mock.graph), p99(o_qsd.graph)],
+        ),
     ];
+    // Named rows, for the verdicts.
+    let [r_greeting, r_rtt, r_graph_med, r_graph_p99] = [0, 4, 7, 8].map(|i| &rows[i]);
+    // qsd/mock: how many times faster mock-qemu is.
+    let qsd_per_mock = |r: &Row| ratio(r.times[2], r.times[1]);
 
     println!();
     println!(
@@ -952,11 +1129,32 @@ fn run(args: &Args) -> Result<()> {
          median of {} bursts of {} requests",
         args.launches, args.round_trips, args.warmup, args.pipeline_reps, args.pipeline
     );
+    if graph_on {
+        println!(
+            "query-named-block-nodes: {} round trips per target after {} warm-up, flat=true, on \
+             {GRAPH_NODES} nodes ({GRAPH_IMAGES} qcow2 + their file children); no floor",
+            args.graph_round_trips, args.graph_warmup
+        );
+    }
     print!("{}", render(&rows));
     println!(
         "ratios compare times (for throughput: time per command); >1 means slower than the \
          denominator. launch→ready = reply to qmp_capabilities received."
     );
+    if graph_on {
+        let bytes = |o: &Outcome| {
+            o.graph_reply_bytes
+                .map_or("n/a".into(), |b| format!("{b} B"))
+        };
+        println!(
+            "query-named-block-nodes (100 nodes): reply size mock-qemu {}, qsd {}; qsd/mock \
+             median {}, p99 {}",
+            bytes(o_mock),
+            bytes(o_qsd),
+            fmt_ratio(qsd_per_mock(r_graph_med)),
+            fmt_ratio(qsd_per_mock(r_graph_p99)),
+        );
+    }
     println!(
         "trivial server launch (a small Rust binary binding a socket): →greeting median {} p99 {}",
         fmt_ns(med(o_triv.greeting)),
@@ -991,14 +1189,23 @@ fn run(args: &Args) -> Result<()> {
     };
     verdict(
         "launch→greeting median ≤ 2x /bin/true",
-        rows[0].ratios()[0],
+        r_greeting.ratios()[0],
         2.0,
     );
     verdict(
         "query-version RTT median ≤ 1.5x trivial server",
-        rows[4].ratios()[0],
+        r_rtt.ratios()[0],
         1.5,
     );
+    if graph_on {
+        match qsd_per_mock(r_graph_med) {
+            Some(r) => println!(
+                "target query-named-block-nodes (100 nodes) median: qsd/mock {r:.2}x (goal ≥ 10x) {}",
+                if r >= 10.0 { "MET" } else { "NOT MET" }
+            ),
+            None => println!("target query-named-block-nodes (100 nodes) median: n/a"),
+        }
+    }
 
     // Noise: CPU that other processes used while we ran, and steal.
     let secs = t_total.as_secs_f64();
@@ -1012,10 +1219,12 @@ fn run(args: &Args) -> Result<()> {
         _ => Value::Null,
     };
     println!(
-        "time: {secs:.1} s (launches {:.1} s, round trips {:.1} s, pipelined {:.1} s); loadavg at end [{}]",
+        "time: {secs:.1} s (launches {:.1} s, round trips {:.1} s, pipelined {:.1} s, \
+         query-named-block-nodes {:.1} s); loadavg at end [{}]",
         t_launch.as_secs_f64(),
         t_rtt.as_secs_f64(),
-        (t_total - t_launch - t_rtt).as_secs_f64(),
+        t_pipe.as_secs_f64(),
+        t_graph.as_secs_f64(),
         machine_info()["loadavg"].as_str().unwrap_or("")
     );
     if let (Some(o), Some(st)) = (noise["other_cpu_s"].as_f64(), noise["steal_cpu_s"].as_f64()) {
@@ -1050,10 +1259,31 @@ fn run(args: &Args) -> Result<()> {
                 "pipeline": args.pipeline,
                 "pipeline_reps": args.pipeline_reps,
                 "greeting_timeout_ms": args.greeting_timeout_ms,
+                "graph_round_trips": args.graph_round_trips,
+                "graph_warmup": args.graph_warmup,
             },
             "floor": {"launch": "/bin/true", "round_trip": "trivial"},
             "targets": per_target,
             "ratios": ratios,
+            "query_named_block_nodes": if graph_on {
+                json!({
+                    "nodes": GRAPH_NODES,
+                    "qcow2_images": GRAPH_IMAGES,
+                    "round_trips": args.graph_round_trips,
+                    "warmup": args.graph_warmup,
+                    "reply_bytes": {
+                        "mock-qemu": o_mock.graph_reply_bytes,
+                        "qsd": o_qsd.graph_reply_bytes,
+                    },
+                    "median_ns": {"mock-qemu": med(o_mock.graph), "qsd": med(o_qsd.graph)},
+                    "p99_ns": {"mock-qemu": p99(o_mock.graph), "qsd": p99(o_qsd.graph)},
+                    "qsd/mock_median": qsd_per_mock(r_graph_med),
+                    "qsd/mock_p99": qsd_per_mock(r_graph_p99),
+                    "goal_qsd/mock_median": 10.0,
+                })
+            } else {
+                Value::Null
+            },
             "noise": noise,
             "seconds": secs,
         });
