@@ -76,6 +76,7 @@ pub struct Core {
     next_session: SessionId,
     style: Style,
     host: Box<dyn crate::host::HostIo>,
+    cache: cmd::ReplyCache,
 }
 
 impl Core {
@@ -89,6 +90,7 @@ impl Core {
             next_session: 1,
             style,
             host: Box::new(crate::host::NoHostIo),
+            cache: cmd::ReplyCache::default(),
         }
     }
 
@@ -268,6 +270,7 @@ impl Core {
             machine: &mut self.machine,
             sessions: &mut self.sessions,
             host: self.host.as_mut(),
+            cache: &mut self.cache,
         };
         cmd::execute(&mut ctx, command, args_json)
     }
@@ -312,7 +315,7 @@ fn check_obj(dict: &QDict, allow_oob: bool) -> Result<(), QmpError> {
 
 /// How the impersonated QEMU writes doubles: QEMU 6.0 changed `%f` with
 /// trailing zeros stripped to `%.17g` (seen in the recorded `id` echoes).
-fn json_style(profile: &Profile) -> Style {
+pub(crate) fn json_style(profile: &Profile) -> Style {
     if profile.version() < crate::profile::Version::V7_2 {
         Style::Legacy
     } else {

@@ -10,7 +10,7 @@ use crate::model::graph::{
     Cache, Graph, NewNode, Node, NodeId, PERM_READ, PERM_RESIZE, PERM_WRITE,
 };
 use crate::qmp::error::QmpError;
-use crate::qmp::json::to_json;
+use crate::qmp::json::{to_json, to_json_with};
 use crate::qmp::qobject::{QDict, QNum, QObject};
 use crate::qmp::shape;
 
@@ -346,6 +346,23 @@ impl QueryNamedBlockNodes {
     }
 
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
+        let key = if self.flat {
+            "query-named-block-nodes:flat"
+        } else {
+            "query-named-block-nodes"
+        };
+        let generation = ctx.machine.graph_generation();
+        if let Some(text) = ctx.cache.get(key, generation) {
+            return Ok(QObject::Raw(text));
+        }
+        let reply = self.build(ctx)?;
+        let text: std::sync::Arc<str> =
+            to_json_with(&reply, crate::core::json_style(ctx.profile)).into();
+        ctx.cache.put(key, generation, std::sync::Arc::clone(&text));
+        Ok(QObject::Raw(text))
+    }
+
+    fn build(&self, ctx: &Context<'_>) -> Result<Return, QmpError> {
         let graph = ctx.machine.graph();
         let mut list = Vec::with_capacity(graph.len());
         for (id, _) in graph.newest_first() {

@@ -38,6 +38,30 @@ pub struct Context<'a> {
     pub sessions: &'a mut BTreeMap<SessionId, SessionState>,
     /// Sockets and other effects outside the model.
     pub host: &'a mut dyn crate::host::HostIo,
+    /// Serialized replies of queries, valid while the graph is unchanged.
+    pub cache: &'a mut ReplyCache,
+}
+
+/// Serialized query replies keyed by query, each valid for one graph
+/// generation (management tools poll `query-named-block-nodes`).
+#[derive(Debug, Default)]
+pub struct ReplyCache {
+    entries: BTreeMap<String, (u64, Arc<str>)>,
+}
+
+impl ReplyCache {
+    /// The cached text for `key` if it was made at `generation`.
+    pub fn get(&self, key: &str, generation: u64) -> Option<Arc<str>> {
+        self.entries
+            .get(key)
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, t)| Arc::clone(t))
+    }
+
+    /// Remembers `text` for `key` at `generation`.
+    pub fn put(&mut self, key: &str, generation: u64, text: Arc<str>) {
+        self.entries.insert(key.to_owned(), (generation, text));
+    }
 }
 
 /// A command's success value.

@@ -73,6 +73,8 @@ pub struct Machine {
     clock: VirtualClock,
     jobs: BTreeMap<String, Job>,
     graph: Graph,
+    /// Bumped by every mutable access to the graph (reply caches key on it).
+    graph_generation: u64,
     exports: exports::Exports,
     run_state: RunState,
     quit_requested: bool,
@@ -86,6 +88,7 @@ impl Machine {
             clock: VirtualClock::new(epoch),
             jobs: BTreeMap::new(),
             graph: Graph::new(),
+            graph_generation: 0,
             exports: exports::Exports::default(),
             run_state: if start_paused {
                 RunState::Prelaunch
@@ -120,7 +123,13 @@ impl Machine {
 
     /// The block node graph, for changes.
     pub fn graph_mut(&mut self) -> &mut Graph {
+        self.graph_generation += 1;
         &mut self.graph
+    }
+
+    /// Changes whenever the graph may have changed.
+    pub fn graph_generation(&self) -> u64 {
+        self.graph_generation
     }
 
     /// Number of jobs that exist.
@@ -201,6 +210,7 @@ impl Machine {
 
     /// Graph and exports together (export changes touch both).
     pub fn graph_and_exports(&mut self) -> (&mut Graph, &mut exports::Exports) {
+        self.graph_generation += 1;
         (&mut self.graph, &mut self.exports)
     }
 

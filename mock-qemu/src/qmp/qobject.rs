@@ -55,6 +55,9 @@ pub enum QObject {
     List(Vec<QObject>),
     /// An object.
     Dict(QDict),
+    /// A value already written in QEMU's JSON format (a cached reply),
+    /// copied to the output as is.
+    Raw(std::sync::Arc<str>),
 }
 
 impl QObject {
@@ -68,6 +71,7 @@ impl QObject {
             QObject::Str(_) => "string",
             QObject::List(_) => "array",
             QObject::Dict(_) => "object",
+            QObject::Raw(_) => "value",
         }
     }
 
@@ -151,10 +155,22 @@ impl QDict {
     /// Members in QEMU's iteration order: by bucket, and within a bucket the
     /// most recently inserted key first.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &QObject)> {
-        let mut idx: Vec<usize> = (0..self.entries.len()).collect();
-        idx.sort_by_key(|&i| (bucket(&self.entries[i].0), std::cmp::Reverse(i)));
+        // Sort keys computed once: (bucket, newest first).
+        let mut idx: Vec<(u32, std::cmp::Reverse<usize>)> = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (bucket(k), std::cmp::Reverse(i)))
+            .collect();
+        idx.sort_unstable();
+        let idx = idx.into_iter().map(|(_, std::cmp::Reverse(i))| i);
         idx.into_iter()
             .map(move |i| (self.entries[i].0.as_str(), &self.entries[i].1))
+    }
+
+    /// Takes the members out, in insertion order.
+    pub fn into_entries(self) -> impl Iterator<Item = (String, QObject)> {
+        self.entries.into_iter()
     }
 
     /// Members in insertion order (the order the input text had them).
@@ -269,6 +285,7 @@ impl From<&QObject> for serde_json::Value {
                 .map_or(serde_json::Value::Null, serde_json::Value::Number),
             QObject::Str(s) => serde_json::Value::String(s.clone()),
             QObject::List(l) => serde_json::Value::Array(l.iter().map(Into::into).collect()),
+            QObject::Raw(text) => serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
             QObject::Dict(d) => serde_json::Value::Object(
                 d.iter_inserted()
                     .map(|(k, v)| (k.to_owned(), v.into()))

@@ -44,9 +44,9 @@ pub fn project(schema: &Schema, type_name: &str, value: QObject) -> Option<QObje
                 }
             }
             let mut out = QDict::new();
-            for (k, v) in d.iter_inserted() {
+            for (k, v) in d.into_entries() {
                 if let Some((_, t)) = allowed.iter().find(|(name, _)| *name == k) {
-                    if let Some(v) = project(schema, t, v.clone()) {
+                    if let Some(v) = project(schema, t, v) {
                         out.put(k, v);
                     }
                 }
@@ -73,7 +73,7 @@ pub fn project(schema: &Schema, type_name: &str, value: QObject) -> Option<QObje
 /// The reply of `command`, fitted to the command's return type.
 pub fn reply(schema: &Schema, command: &str, value: QObject) -> QObject {
     match schema.command(command) {
-        Some(c) => project(schema, &c.ret_type, value.clone()).unwrap_or(value),
+        Some(c) => project(schema, &c.ret_type, value).unwrap_or(QObject::Null),
         None => value,
     }
 }

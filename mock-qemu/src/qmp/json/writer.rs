@@ -246,6 +246,7 @@ fn write_value(out: &mut String, v: &QObject, style: Style) {
         }
         QObject::Num(QNum::Double(d)) => out.push_str(&format_double(*d, style)),
         QObject::Str(s) => write_str(out, s),
+        QObject::Raw(text) => out.push_str(text),
         QObject::List(items) => {
             out.push('[');
             for (n, item) in items.iter().enumerate() {
