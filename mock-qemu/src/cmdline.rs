@@ -61,6 +61,8 @@ pub struct Config {
     pub print_help: bool,
     /// Options accepted and ignored, as given (for the log).
     pub ignored: Vec<String>,
+    /// `-blockdev` / `--blockdev` values, in order (applied at start-up).
+    pub blockdevs: Vec<String>,
 }
 
 /// A command line QEMU would refuse.
@@ -102,7 +104,6 @@ pub const IGNORED_WITH_ARG: &[&str] = &[
     "overcommit",
     "device",
     "object",
-    "blockdev",
     "drive",
     "netdev",
     "nic",
@@ -400,6 +401,10 @@ pub fn parse(
             }
             "version" | "V" => cfg.print_version = true,
             "help" | "h" => cfg.print_help = true,
+            "blockdev" => {
+                let v = value(name)?;
+                cfg.blockdevs.push(v);
+            }
             n if IGNORED_WITH_ARG.contains(&n) => {
                 if !double_dash {
                     system_hint = true;

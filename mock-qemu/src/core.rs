@@ -99,6 +99,24 @@ impl Core {
         self.host = host;
     }
 
+    /// Runs a command given on the command line (`-blockdev`), before any
+    /// monitor exists: schema check and command, no negotiation.
+    pub fn startup_command(&mut self, command: &str, args: QDict) -> Result<(), QmpError> {
+        self.profile
+            .schema()
+            .check_arguments(command, Some(&args))?;
+        let args_json = serde_json::Value::from(&QObject::Dict(args));
+        let mut ctx = cmd::Context {
+            sid: 0,
+            profile: &self.profile,
+            machine: &mut self.machine,
+            sessions: &mut self.sessions,
+            host: self.host.as_mut(),
+            cache: &mut self.cache,
+        };
+        cmd::execute(&mut ctx, command, args_json).map(|_| ())
+    }
+
     /// The impersonated profile.
     pub fn profile(&self) -> &Arc<Profile> {
         &self.profile

@@ -74,6 +74,25 @@ fn bind(ep: &Endpoint) -> Result<Bound> {
     })
 }
 
+/// A `-blockdev` value: QEMU's JSON form (`{"driver": …}`). The dotted
+/// key=value form needs the schema's type conversions and is not supported.
+fn blockdev_args(spec: &str) -> Result<mock_qemu::qmp::qobject::QDict> {
+    use mock_qemu::qmp::json::{JsonStreamer, Parsed};
+    use mock_qemu::qmp::qobject::QObject;
+    if !spec.trim_start().starts_with('{') {
+        bail!("mock-qemu supports only the JSON form of -blockdev ({{\"driver\": …}})");
+    }
+    let mut items = Vec::new();
+    let mut s = JsonStreamer::new();
+    s.feed(spec.as_bytes(), &mut items);
+    s.finish(&mut items);
+    match items.into_iter().next() {
+        Some(Parsed::Value(QObject::Dict(d))) => Ok(d),
+        Some(Parsed::Error(e)) => bail!("{e}"),
+        _ => bail!("expected a JSON object"),
+    }
+}
+
 fn print_version(prog: &str, profile: &Profile) {
     let v = serde_json::Value::from(profile.query_version());
     let q = &v["qemu"];
@@ -137,6 +156,16 @@ fn run(prog: &str, cfg: Config) -> Result<()> {
         },
     );
     core.set_host_io(Box::new(mock_qemu::host::RealHostIo::default()));
+    for spec in &cfg.blockdevs {
+        let opt = if cfg.flavor == Flavor::Qsd {
+            "--blockdev"
+        } else {
+            "-blockdev"
+        };
+        let args = blockdev_args(spec).map_err(|e| anyhow::anyhow!("{opt} {spec}: {e}"))?;
+        core.startup_command("blockdev-add", args)
+            .map_err(|e| anyhow::anyhow!("{opt} {spec}: {}", e.desc))?;
+    }
     let mock = MockQemu::new(core);
     let mut cleanup: Vec<PathBuf> = Vec::new();
     rt.block_on(async {

@@ -726,3 +726,52 @@ fn exports_are_served_over_nbd_to_qemus_own_tools() {
         );
     }
 }
+
+#[test]
+fn blockdev_on_the_command_line_is_opened_at_start_or_fails_like_qemu() {
+    for p in programs(Flavor::Qsd) {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("a.qcow2");
+        assert!(
+            run_tool(
+                "qemu-img",
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    &img.display().to_string(),
+                    "1M"
+                ]
+            )
+            .0
+        );
+        let good = json!({"driver": "qcow2", "node-name": "n0", "file": {"driver": "file", "filename": img}}).to_string();
+        let sock = dir.path().join("q.sock");
+        let args: Vec<String> = vec![
+            "--blockdev".into(),
+            good,
+            "--chardev".into(),
+            format!("socket,path={},server=on,wait=off,id=c", sock.display()),
+            "--monitor".into(),
+            "chardev=c".into(),
+        ];
+        let vm = spawn(&p, &args, dir);
+        let mut c = Client::connect(&sock);
+        c.negotiate();
+        let (_, r) =
+            c.cmd(json!({"execute": "query-named-block-nodes", "arguments": {"flat": true}}));
+        let names: Vec<&str> = r["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["node-name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{}: {names:?}", vm.label);
+        assert_eq!(names[0], "n0", "{}", vm.label);
+        let bad = json!({"driver": "qcow2", "node-name": "n0", "file": {"driver": "file", "filename": "/nonexistent/x.qcow2"}}).to_string();
+        let (code, err) = stderr_of(&p, &["--blockdev", &bad]);
+        assert_eq!(code, 1, "{}", p.label);
+        assert!(err.ends_with(&format!(": --blockdev {bad}: Could not open '/nonexistent/x.qcow2': No such file or directory\n")), "{}: {err}", p.label);
+    }
+}
