@@ -7,9 +7,14 @@
 //! 3. Generated node names (`#block` + a counter + two random digits in
 //!    QEMU) become `#block~1`, `#block~2`, … in order of first appearance in
 //!    the transcript ([`auto_node_names`]).
+//! 4. Events right after a request are placed before it
+//!    ([`events_before_requests`]): when an asynchronous event arrives
+//!    relative to the client's next write is timing.
 //!
 //! Rules for job progress, generated node names and drain pairs come with
 //! the graph and job suites.
+
+use crate::transcript::Entry;
 
 /// Context for one transcript's normalization.
 #[derive(Debug, Clone, Default)]
@@ -29,6 +34,29 @@ impl Normalizer {
             }
         }
         s
+    }
+}
+
+/// Moves events that arrive right after a request before that request.
+///
+/// An event QEMU raises asynchronously (a job finishing after its command
+/// answered) reaches the client whenever it happens; whether the client had
+/// already written its next request by then is timing, not behaviour. Events
+/// still stay in their order relative to each other and to every reply.
+pub fn events_before_requests(entries: &mut [Entry]) {
+    let is_event = |e: &Entry| matches!(e, Entry::Recv(l) if l.contains("\"event\": "));
+    let is_request = |e: &Entry| matches!(e, Entry::Sent(_) | Entry::SentRaw(_));
+    let mut i = 1;
+    while i < entries.len() {
+        if is_event(&entries[i]) {
+            // Bubble it up past the requests just above it.
+            let mut j = i;
+            while j > 0 && is_request(&entries[j - 1]) {
+                entries.swap(j - 1, j);
+                j -= 1;
+            }
+        }
+        i += 1;
     }
 }
 
@@ -94,6 +122,29 @@ fn mask_timestamps(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_move_before_the_requests_they_follow() {
+        let ev = |n: u8| Entry::Recv(format!("{{\"event\": \"E{n}\"}}"));
+        let mut e = vec![
+            Entry::Recv("{\"return\": {}}".into()),
+            Entry::Sent("q".into()),
+            ev(1),
+            ev(2),
+            Entry::Recv("{\"return\": []}".into()),
+        ];
+        events_before_requests(&mut e);
+        assert_eq!(
+            e,
+            vec![
+                Entry::Recv("{\"return\": {}}".into()),
+                ev(1),
+                ev(2),
+                Entry::Sent("q".into()),
+                Entry::Recv("{\"return\": []}".into())
+            ]
+        );
+    }
 
     #[test]
     fn generated_node_names_are_numbered_by_first_appearance() {

@@ -156,6 +156,19 @@ impl Core {
             Parsed::Error(desc) => error_response(&QmpError::generic(desc), None),
             Parsed::Value(req) => self.dispatch(sid, &req),
         };
+        // Instant mode: jobs run on as far as they can once the command has
+        // answered; then the files they changed are written.
+        self.machine.run_jobs();
+        for effect in self.machine.take_effects() {
+            match effect {
+                crate::model::Effect::SetBacking { filename, backing } => {
+                    let b = backing.as_ref().map(|(n, f)| (n.as_str(), f.as_str()));
+                    if let Err(e) = self.host.set_qcow2_backing(&filename, b) {
+                        eprintln!("mock-qemu: {e}");
+                    }
+                }
+            }
+        }
         let mut d = Delivery {
             reply: Some(to_json_with(&QObject::Dict(reply), self.style)),
             ..Delivery::default()

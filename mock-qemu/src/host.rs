@@ -58,6 +58,12 @@ pub trait HostIo: Debug + Send {
         size: u64,
         backing: Option<(&str, &str)>,
     ) -> Result<(), ImageError>;
+    /// Rewrites a qcow2 header's backing file name and format.
+    fn set_qcow2_backing(
+        &mut self,
+        filename: &str,
+        backing: Option<(&str, &str)>,
+    ) -> Result<(), ImageError>;
     /// Starts listening; `Err` holds QEMU's error text.
     fn nbd_start(&mut self, addr: &NbdListen, max_connections: u32) -> Result<(), String>;
     /// Stops listening and drops clients.
@@ -98,6 +104,13 @@ impl HostIo for NoHostIo {
             reason: "Permission denied".into(),
         })
     }
+    fn set_qcow2_backing(
+        &mut self,
+        _filename: &str,
+        _backing: Option<(&str, &str)>,
+    ) -> Result<(), ImageError> {
+        Ok(())
+    }
     fn nbd_start(&mut self, _addr: &NbdListen, _max: u32) -> Result<(), String> {
         Ok(())
     }
@@ -127,6 +140,13 @@ impl HostIo for RealHostIo {
         backing: Option<(&str, &str)>,
     ) -> Result<(), ImageError> {
         image::create_qcow2(filename, size, backing)
+    }
+    fn set_qcow2_backing(
+        &mut self,
+        filename: &str,
+        backing: Option<(&str, &str)>,
+    ) -> Result<(), ImageError> {
+        image::set_qcow2_backing(filename, backing)
     }
     fn nbd_start(&mut self, addr: &NbdListen, max: u32) -> Result<(), String> {
         let (a, shown) = match addr {

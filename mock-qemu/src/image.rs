@@ -55,6 +55,77 @@ pub fn create_qcow2(
     b.create().map_err(err)
 }
 
+/// Rewrites the backing file name and the backing-format extension of a
+/// qcow2 image, as QEMU's `qcow2_change_backing_file()` does: header
+/// extensions are rewritten and the name follows them in the first cluster.
+pub fn set_qcow2_backing(filename: &str, backing: Option<(&str, &str)>) -> Result<(), ImageError> {
+    use std::io::{Seek, SeekFrom, Write};
+    let err = |e: std::io::Error| ImageError::Open {
+        path: filename.to_owned(),
+        reason: strerror(&e),
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(filename)
+        .map_err(err)?;
+    let mut buf = Vec::new();
+    Read::by_ref(&mut f)
+        .take(HEADER_READ as u64)
+        .read_to_end(&mut buf)
+        .map_err(err)?;
+    let facts = parse_qcow2(&buf, Path::new(filename))?;
+    let cluster = usize::try_from(facts.cluster_size)
+        .unwrap_or(65536)
+        .min(buf.len());
+    let header_len = if facts.version >= 3 {
+        be32(&buf, 100) as usize
+    } else {
+        72
+    };
+    // Keep every extension but the backing format; then ours; then the end.
+    let mut exts: Vec<u8> = Vec::new();
+    let mut at = header_len;
+    while at + 8 <= cluster {
+        let (magic, len) = (be32(&buf, at), be32(&buf, at + 4) as usize);
+        let padded = len.div_ceil(8) * 8;
+        if magic == 0 || at + 8 + padded > cluster {
+            break;
+        }
+        if magic != EXT_BACKING_FORMAT {
+            exts.extend_from_slice(&buf[at..at + 8 + padded]);
+        }
+        at += 8 + padded;
+    }
+    if let Some((_, format)) = backing {
+        let padded = format.len().div_ceil(8) * 8;
+        exts.extend_from_slice(&EXT_BACKING_FORMAT.to_be_bytes());
+        exts.extend_from_slice(&(format.len() as u32).to_be_bytes());
+        exts.extend_from_slice(format.as_bytes());
+        exts.resize(exts.len() + padded - format.len(), 0);
+    }
+    exts.extend_from_slice(&[0u8; 8]);
+    let name = backing.map_or(&[][..], |(n, _)| n.as_bytes());
+    let name_at = header_len + exts.len();
+    if name_at + name.len() > cluster {
+        return Err(ImageError::BadQcow2("Backing file name too long".into()));
+    }
+    let mut first = buf[..cluster].to_vec();
+    first[header_len..].fill(0);
+    first[header_len..name_at].copy_from_slice(&exts);
+    first[name_at..name_at + name.len()].copy_from_slice(name);
+    let (off, len) = if name.is_empty() {
+        (0u64, 0u32)
+    } else {
+        (name_at as u64, name.len() as u32)
+    };
+    first[8..16].copy_from_slice(&off.to_be_bytes());
+    first[16..20].copy_from_slice(&len.to_be_bytes());
+    f.seek(SeekFrom::Start(0)).map_err(err)?;
+    f.write_all(&first).map_err(err)?;
+    f.sync_all().map_err(err)
+}
+
 /// `strerror()` text of an I/O error, without Rust's " (os error N)".
 pub fn strerror(e: &std::io::Error) -> String {
     let s = e.to_string();

@@ -775,3 +775,113 @@ fn blockdev_on_the_command_line_is_opened_at_start_or_fails_like_qemu() {
         assert!(err.ends_with(&format!(": --blockdev {bad}: Could not open '/nonexistent/x.qcow2': No such file or directory\n")), "{}: {err}", p.label);
     }
 }
+
+#[test]
+fn block_stream_rewrites_the_image_header_as_qemu_does() {
+    let mut seen: Vec<(String, Vec<Value>)> = vec![];
+    for p in programs(Flavor::Qsd) {
+        let (vm, sock) = qsd(&p);
+        let (base, mid, top) = (
+            vm.path("base.qcow2"),
+            vm.path("mid.qcow2"),
+            vm.path("top.qcow2"),
+        );
+        let s = |p: &PathBuf| p.display().to_string();
+        assert!(
+            run_tool(
+                "qemu-img",
+                &["create", "-q", "-f", "qcow2", &s(&base), "1M"]
+            )
+            .0
+        );
+        assert!(
+            run_tool(
+                "qemu-img",
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-b",
+                    &s(&base),
+                    "-F",
+                    "qcow2",
+                    &s(&mid)
+                ]
+            )
+            .0
+        );
+        assert!(
+            run_tool(
+                "qemu-img",
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-b",
+                    &s(&mid),
+                    "-F",
+                    "qcow2",
+                    &s(&top)
+                ]
+            )
+            .0
+        );
+        let mut c = Client::connect(&sock);
+        c.negotiate();
+        let (_, r) = c.cmd(
+            json!({"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "top",
+            "file": {"driver": "file", "filename": top}}}),
+        );
+        assert_eq!(r, json!({"return": {}}), "{}", p.label);
+        // The implicit chain's nodes are generated; stream down to base's node.
+        let (_, r) =
+            c.cmd(json!({"execute": "query-named-block-nodes", "arguments": {"flat": true}}));
+        let base_node = r["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["drv"] == "qcow2" && n["file"] == json!(s(&base)))
+            .unwrap()["node-name"]
+            .clone();
+        let (_, r) = c.cmd(json!({"execute": "block-stream", "arguments": {"job-id": "j", "device": "top", "base-node": base_node}}));
+        assert_eq!(r, json!({"return": {}}), "{}", p.label);
+        // Wait for the job to finish (its last event), then let go of the images.
+        loop {
+            let ev = c.line();
+            if ev["event"] == "JOB_STATUS_CHANGE" && ev["data"]["status"] == "null" {
+                break;
+            }
+        }
+        let (_, r) = c.cmd(json!({"execute": "blockdev-del", "arguments": {"node-name": "top"}}));
+        assert_eq!(r, json!({"return": {}}), "{}", p.label);
+        assert!(run_tool("qemu-img", &["check", &s(&top)]).0, "{}", p.label);
+        let info: Vec<Value> = chain_info(&top)
+            .into_iter()
+            .map(|mut i| {
+                for k in ["filename", "backing-filename"] {
+                    if let Some(t) = i[k].as_str() {
+                        i[k] = json!(t.replace(&vm.dir.path().display().to_string(), "<dir>"));
+                    }
+                }
+                i
+            })
+            .collect();
+        assert_eq!(
+            info.len(),
+            2,
+            "{}: mid is gone from the chain: {info:?}",
+            p.label
+        );
+        assert_eq!(
+            info[0]["backing-filename"], "<dir>/base.qcow2",
+            "{}",
+            p.label
+        );
+        seen.push((p.label.clone(), info));
+    }
+    if let [(m, a), (r, b)] = &seen[..] {
+        assert_eq!(a, b, "{m} vs {r}");
+    }
+}

@@ -10,8 +10,10 @@
 use serde::Deserialize;
 
 use super::{not_implemented, parse_args, Context, Return};
+use crate::model::jobs::{verb_allowed, JobError, JobStatus, Verb};
 use crate::qmp::error::{ErrorClass, QmpError};
-use crate::qmp::qobject::QObject;
+use crate::qmp::qobject::{QDict, QObject};
+use crate::qmp::shape;
 
 /// Which family a verb belongs to, which decides its lookup error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub struct JobVerb {
     name: String,
     family: Family,
     target: String,
+    force: bool,
+    speed: i64,
 }
 
 #[derive(Deserialize)]
@@ -41,17 +45,45 @@ struct Target {
 impl JobVerb {
     /// Parses a schema-checked verb.
     pub fn parse(name: &str, family: Family, args: serde_json::Value) -> Result<Self, QmpError> {
+        let force = args
+            .get("force")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        let speed = args
+            .get("speed")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0);
         let t: Target = parse_args(args)?;
         let target = t.device.or(t.id).unwrap_or_default();
         Ok(JobVerb {
             name: name.to_owned(),
             family,
             target,
+            force,
+            speed,
+        })
+    }
+
+    fn verb(&self) -> Option<Verb> {
+        let base = self
+            .name
+            .trim_start_matches("block-")
+            .trim_start_matches("job-");
+        Some(match base {
+            "pause" => Verb::Pause,
+            "resume" => Verb::Resume,
+            "cancel" => Verb::Cancel,
+            "complete" => Verb::Complete,
+            "finalize" => Verb::Finalize,
+            "dismiss" => Verb::Dismiss,
+            "set-speed" => Verb::SetSpeed,
+            "change" => Verb::Change,
+            _ => return None,
         })
     }
 
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
-        if ctx.machine.job(&self.target).is_none() {
+        let Some(job) = ctx.machine.job(&self.target).cloned() else {
             return Err(match self.family {
                 Family::Job => QmpError::generic("Job not found"),
                 Family::BlockJob => QmpError::new(
@@ -59,8 +91,85 @@ impl JobVerb {
                     format!("Block job '{}' not found", self.target),
                 ),
             });
+        };
+        let Some(verb) = self.verb() else {
+            return Err(not_implemented(ctx.profile, &self.name));
+        };
+        let version = ctx.profile.version();
+        let verb_check = |status: JobStatus| -> Result<(), QmpError> {
+            if verb_allowed(version, verb, status) {
+                Ok(())
+            } else {
+                Err(QmpError::generic(
+                    JobError::Verb {
+                        id: job.id.clone(),
+                        status: status.name(),
+                        verb: verb.name(),
+                    }
+                    .to_string(),
+                ))
+            }
+        };
+        let done = || Ok(QObject::Dict(QDict::new()));
+        let err = |e: JobError| QmpError::generic(e.to_string());
+        match verb {
+            Verb::Resume => {
+                // Checked before the verb (job.c): the user pause flag.
+                if !job.user_paused {
+                    return Err(QmpError::generic("Can't resume a job that was not paused"));
+                }
+                verb_check(job.status)?;
+                Err(not_implemented(ctx.profile, &self.name))
+            }
+            Verb::Cancel if self.family == Family::BlockJob && !self.force && job.user_paused => {
+                Err(QmpError::generic(format!(
+                    "The block job for device '{}' is currently paused",
+                    job.id
+                )))
+            }
+            Verb::Pause => {
+                verb_check(job.status)?;
+                if job.user_paused {
+                    return Err(QmpError::generic("Job is already paused"));
+                }
+                Err(not_implemented(ctx.profile, &self.name))
+            }
+            Verb::SetSpeed => {
+                verb_check(job.status)?;
+                if self.speed < 0 {
+                    return Err(QmpError::generic(
+                        "Parameter 'speed' expects a non-negative value",
+                    ));
+                }
+                if let Some(j) = ctx.machine.job_entry(&job.id) {
+                    j.speed = u64::try_from(self.speed).unwrap_or(0);
+                }
+                done()
+            }
+            Verb::Finalize => {
+                verb_check(job.status)?;
+                ctx.machine.finalize_job(&job.id, false).map_err(err)?;
+                done()
+            }
+            Verb::Dismiss => {
+                verb_check(job.status)?;
+                ctx.machine
+                    .set_status(&job.id, JobStatus::Null, false)
+                    .map_err(err)?;
+                done()
+            }
+            Verb::Complete => {
+                verb_check(job.status)?;
+                Err(QmpError::generic(format!(
+                    "The active block job '{}' cannot be completed",
+                    job.id
+                )))
+            }
+            Verb::Cancel | Verb::Change => {
+                verb_check(job.status)?;
+                Err(not_implemented(ctx.profile, &self.name))
+            }
         }
-        Err(not_implemented(ctx.profile, &self.name))
     }
 }
 
@@ -77,9 +186,42 @@ impl QueryJobs {
     }
 
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
-        if ctx.machine.job_count() == 0 {
-            return Ok(QObject::List(Vec::new()));
-        }
-        Err(not_implemented(ctx.profile, self.name))
+        let block = self.name == "query-block-jobs";
+        let list = ctx
+            .machine
+            .jobs_newest_first()
+            .map(|j| {
+                let mut d = QDict::new();
+                if block {
+                    d.put("type", j.kind.name());
+                    d.put("device", j.id.clone());
+                    d.put("len", j.len);
+                    d.put("offset", j.offset);
+                    d.put("busy", false);
+                    d.put("paused", j.user_paused);
+                    d.put("speed", j.speed);
+                    d.put("io-status", "ok");
+                    d.put("ready", false);
+                    d.put("status", j.status.name());
+                    d.put("auto-finalize", j.auto_finalize);
+                    d.put("auto-dismiss", j.auto_dismiss);
+                } else {
+                    d.put("id", j.id.clone());
+                    d.put("type", j.kind.name());
+                    d.put("status", j.status.name());
+                    d.put("current-progress", j.offset);
+                    d.put("total-progress", j.len);
+                }
+                if let Some(e) = &j.error {
+                    d.put("error", e.clone());
+                }
+                QObject::Dict(d)
+            })
+            .collect();
+        Ok(shape::reply(
+            ctx.profile.schema(),
+            self.name,
+            QObject::List(list),
+        ))
     }
 }

@@ -11,6 +11,7 @@ mod desc;
 mod exports;
 mod jobs;
 mod snapshot;
+mod stream;
 mod system;
 mod transaction;
 
@@ -101,6 +102,7 @@ pub fn execute(
         | "block-dirty-bitmap-disable" => bitmaps::BitmapVerb::new(name, &dict(&args)).apply(ctx),
         "block-dirty-bitmap-merge" => bitmaps::BitmapMerge::new(&dict(&args)).apply(ctx),
         "transaction" => transaction::Transaction::new(&dict(&args)).apply(ctx),
+        "block-stream" => stream::BlockStream::new(&dict(&args)).apply(ctx),
         "query-jobs" => jobs::QueryJobs::new("query-jobs").apply(ctx),
         "query-block-jobs" => jobs::QueryJobs::new("query-block-jobs").apply(ctx),
         "job-pause" | "job-resume" | "job-cancel" | "job-complete" | "job-finalize"
@@ -155,6 +157,37 @@ pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
         }
         ModelEvent::Stop => ("STOP", None),
         ModelEvent::Resume => ("RESUME", None),
+        ModelEvent::JobStatusChange { id, status } => {
+            let mut d = QDict::new();
+            d.put("status", *status);
+            d.put("id", id.clone());
+            ("JOB_STATUS_CHANGE", Some(QObject::Dict(d)))
+        }
+        ModelEvent::BlockJobCompleted {
+            device,
+            len,
+            offset,
+            speed,
+            kind,
+            error,
+        } => {
+            let mut d = QDict::new();
+            d.put("type", *kind);
+            d.put("device", device.clone());
+            d.put("len", *len);
+            d.put("offset", *offset);
+            d.put("speed", *speed);
+            if let Some(e) = error {
+                d.put("error", e.clone());
+            }
+            ("BLOCK_JOB_COMPLETED", Some(QObject::Dict(d)))
+        }
+        ModelEvent::BlockJobPending { kind, id } => {
+            let mut d = QDict::new();
+            d.put("type", *kind);
+            d.put("id", id.clone());
+            ("BLOCK_JOB_PENDING", Some(QObject::Dict(d)))
+        }
         ModelEvent::BlockExportDeleted { id } => {
             let mut d = QDict::new();
             d.put("id", id.clone());

@@ -341,6 +341,25 @@ impl Graph {
         }
     }
 
+    /// Replaces (or removes) a node's backing child.
+    pub fn set_backing(&mut self, id: NodeId, backing: Option<NodeId>) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.children.retain(|(r, _)| r != "backing");
+            if let Some(b) = backing {
+                n.children.push(("backing".into(), b));
+            }
+        }
+    }
+
+    /// Records a rewritten qcow2 header backing name and format.
+    pub fn set_header_backing(&mut self, id: NodeId, backing: Option<(String, String)>) {
+        if let Some(q) = self.nodes.get_mut(&id).and_then(|n| n.qcow2.as_mut()) {
+            q.backing_file = backing.as_ref().map(|(n, _)| n.clone());
+            q.full_backing = q.backing_file.clone();
+            q.backing_format = backing.map(|(_, f)| f);
+        }
+    }
+
     /// Attaches `child` to `parent` in `role`.
     pub fn attach(&mut self, parent: NodeId, role: &str, child: NodeId) {
         if let Some(p) = self.nodes.get_mut(&parent) {

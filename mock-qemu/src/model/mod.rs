@@ -7,19 +7,11 @@
 pub mod clock;
 pub mod exports;
 pub mod graph;
-
-use std::collections::BTreeMap;
+pub mod jobs;
 
 use clock::{VirtualClock, VirtualTime};
 use graph::Graph;
-
-/// A job (block-stream, mirror, …). The engine that creates and runs jobs
-/// arrives with the jobs issue; the table and its lookups exist already.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Job {
-    /// The job id (`job-id`).
-    pub id: String,
-}
+use jobs::{Job, JobError, JobStatus};
 
 /// The run state of the impersonated process (system emulator's `query-status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +40,65 @@ pub enum ModelEvent {
     Stop,
     /// `RESUME` (system emulator).
     Resume,
+    /// `JOB_STATUS_CHANGE`.
+    JobStatusChange {
+        /// The job id.
+        id: String,
+        /// The new status name.
+        status: &'static str,
+    },
+    /// `BLOCK_JOB_COMPLETED` (with `error` when it failed).
+    BlockJobCompleted {
+        /// The job id (QEMU calls it `device`).
+        device: String,
+        /// `len`.
+        len: u64,
+        /// `offset`.
+        offset: u64,
+        /// `speed`.
+        speed: u64,
+        /// `type`.
+        kind: &'static str,
+        /// Failure text.
+        error: Option<String>,
+    },
+    /// `BLOCK_JOB_PENDING`.
+    BlockJobPending {
+        /// `type`.
+        kind: &'static str,
+        /// The job id.
+        id: String,
+    },
     /// `BLOCK_EXPORT_DELETED`.
     BlockExportDeleted {
         /// The export id.
         id: String,
     },
+}
+
+/// A change to a file the model asks the host layer to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Rewrite a qcow2 header's backing file name and format (`None`:
+    /// no backing file).
+    SetBacking {
+        /// The image file.
+        filename: String,
+        /// New backing name and format.
+        backing: Option<(String, String)>,
+    },
+}
+
+/// The file name QEMU reports for a node (its file child's for formats).
+fn graph_filename(g: &Graph, node: &graph::Node) -> String {
+    if let Some(f) = &node.file {
+        return f.filename.clone();
+    }
+    node.children
+        .iter()
+        .find(|(r, _)| r == "file")
+        .and_then(|(_, c)| g.node(*c))
+        .map_or_else(String::new, |c| graph_filename(g, c))
 }
 
 /// An event with the virtual time it happened at.
@@ -71,7 +117,9 @@ pub struct Stamped {
 #[derive(Debug)]
 pub struct Machine {
     clock: VirtualClock,
-    jobs: BTreeMap<String, Job>,
+    /// Jobs in creation order.
+    jobs: Vec<Job>,
+    effects: Vec<Effect>,
     graph: Graph,
     /// Bumped by every mutable access to the graph (reply caches key on it).
     graph_generation: u64,
@@ -86,7 +134,8 @@ impl Machine {
     pub fn new(epoch: VirtualTime, start_paused: bool) -> Self {
         Machine {
             clock: VirtualClock::new(epoch),
-            jobs: BTreeMap::new(),
+            jobs: Vec::new(),
+            effects: Vec::new(),
             graph: Graph::new(),
             graph_generation: 0,
             exports: exports::Exports::default(),
@@ -113,7 +162,180 @@ impl Machine {
     /// The job with this id, if one exists (concluded ones included until
     /// dismissed).
     pub fn job(&self, id: &str) -> Option<&Job> {
-        self.jobs.get(id)
+        self.jobs.iter().find(|j| j.id == id)
+    }
+
+    /// Every job, newest first (QEMU's job list order).
+    pub fn jobs_newest_first(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.iter().rev()
+    }
+
+    /// Checks a new job's id (`job_create`): syntax, then uniqueness.
+    pub fn check_job_id(&self, id: &str) -> Result<(), JobError> {
+        if !graph::name_is_wellformed(id) {
+            return Err(JobError::InvalidId(id.to_owned()));
+        }
+        if self.job(id).is_some() {
+            return Err(JobError::IdInUse(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Creates a job (undefined → created) and starts it (→ running), with
+    /// their events, before the starting command answers.
+    pub fn start_job(&mut self, job: Job) -> Result<(), JobError> {
+        self.check_job_id(&job.id)?;
+        let id = job.id.clone();
+        self.jobs.push(Job {
+            status: JobStatus::Undefined,
+            ..job
+        });
+        self.set_status(&id, JobStatus::Created, false)?;
+        self.set_status(&id, JobStatus::Running, false)
+    }
+
+    fn job_mut(&mut self, id: &str) -> Option<&mut Job> {
+        self.jobs.iter_mut().find(|j| j.id == id)
+    }
+
+    /// A job created and then refused before it started (a check QEMU makes
+    /// after `job_create`, such as a negative speed): `created`, then `null`.
+    pub fn create_and_drop_job(&mut self, job: Job) -> Result<(), JobError> {
+        self.check_job_id(&job.id)?;
+        let id = job.id.clone();
+        self.jobs.push(Job {
+            status: JobStatus::Undefined,
+            ..job
+        });
+        self.set_status(&id, JobStatus::Created, false)?;
+        self.set_status(&id, JobStatus::Null, false)
+    }
+
+    /// Moves a job to `to` with its `JOB_STATUS_CHANGE` (during the command,
+    /// or after its reply). `null` removes the job.
+    pub fn set_status(
+        &mut self,
+        id: &str,
+        to: JobStatus,
+        after_reply: bool,
+    ) -> Result<(), JobError> {
+        let Some(job) = self.job_mut(id) else {
+            return Ok(());
+        };
+        let from = job.status;
+        if !jobs::transition_allowed(from, to) {
+            return Err(JobError::BadTransition(
+                id.to_owned(),
+                from.name(),
+                to.name(),
+            ));
+        }
+        job.status = to;
+        let event = ModelEvent::JobStatusChange {
+            id: id.to_owned(),
+            status: to.name(),
+        };
+        if after_reply {
+            self.emit_after_reply(event);
+        } else {
+            self.emit(event);
+        }
+        if to == JobStatus::Null {
+            self.jobs.retain(|j| j.id != id);
+        }
+        Ok(())
+    }
+
+    /// Instant mode: every running job does all its work now, in QEMU's
+    /// event order, and stops where QEMU would wait for the user
+    /// (`pending` without auto-finalize, `concluded` without auto-dismiss).
+    /// Its events follow the reply of the command that ran.
+    pub fn run_jobs(&mut self) {
+        let running: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Running && !j.user_paused)
+            .map(|j| j.id.clone())
+            .collect();
+        for id in running {
+            if let Some(j) = self.job_mut(&id) {
+                j.offset = j.len;
+            }
+            let _ = self.set_status(&id, JobStatus::Waiting, true);
+            let _ = self.set_status(&id, JobStatus::Pending, true);
+            let auto = self.job(&id).is_some_and(|j| j.auto_finalize);
+            if auto {
+                let _ = self.finalize_job(&id, true);
+            } else if let Some(j) = self.job(&id) {
+                let event = ModelEvent::BlockJobPending {
+                    kind: j.kind.name(),
+                    id: id.clone(),
+                };
+                self.emit_after_reply(event);
+            }
+        }
+    }
+
+    /// Finalizes a pending job: applies its graph change, reports
+    /// `BLOCK_JOB_COMPLETED`, concludes, and goes away if auto-dismiss.
+    pub fn finalize_job(&mut self, id: &str, after_reply: bool) -> Result<(), JobError> {
+        let Some(job) = self.job(id).cloned() else {
+            return Ok(());
+        };
+        self.apply_job_result(&job);
+        let event = ModelEvent::BlockJobCompleted {
+            device: job.id.clone(),
+            len: job.len,
+            offset: job.offset,
+            speed: job.speed,
+            kind: job.kind.name(),
+            error: job.error.clone(),
+        };
+        if after_reply {
+            self.emit_after_reply(event);
+        } else {
+            self.emit(event);
+        }
+        self.set_status(id, JobStatus::Concluded, after_reply)?;
+        if job.auto_dismiss {
+            self.set_status(id, JobStatus::Null, after_reply)?;
+        }
+        Ok(())
+    }
+
+    /// The graph change a successful job makes when it finalizes.
+    fn apply_job_result(&mut self, job: &Job) {
+        match job.kind {
+            jobs::JobKind::Stream => {
+                let old = self.graph.child(job.node, "backing");
+                self.graph.set_backing(job.node, job.base);
+                if let Some(old) = old {
+                    self.graph.free_unused(old);
+                }
+                let backing = job
+                    .base
+                    .and_then(|b| self.graph.node(b))
+                    .map(|b| (graph_filename(&self.graph, b), b.driver.clone()));
+                if let Some(file) = self
+                    .graph
+                    .child(job.node, "file")
+                    .and_then(|f| self.graph.node(f))
+                    .and_then(|f| f.file.clone())
+                {
+                    self.graph.set_header_backing(job.node, backing.clone());
+                    self.effects.push(Effect::SetBacking {
+                        filename: file.filename,
+                        backing,
+                    });
+                }
+                self.graph_generation += 1;
+            }
+        }
+    }
+
+    /// Takes the effects on files the model asked for, in order.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
     }
 
     /// The block node graph.
@@ -135,6 +357,11 @@ impl Machine {
     /// Number of jobs that exist.
     pub fn job_count(&self) -> usize {
         self.jobs.len()
+    }
+
+    /// A job, for changes (speed, pause flags).
+    pub fn job_entry(&mut self, id: &str) -> Option<&mut Job> {
+        self.job_mut(id)
     }
 
     /// Current run state.

@@ -1,0 +1,269 @@
+//! QEMU's job state machine as data: statuses, the transition table, the
+//! verb table (per version), and the job records.
+//!
+//! The tables follow `job.c` (`JobSTT`, `JobVerbTable`); the reference
+//! notes §4.1–4.3 list them. A transition the table forbids is a mock bug:
+//! it is refused (and reported by [`JobError::BadTransition`]) instead of
+//! asserting as QEMU does.
+
+use super::graph::NodeId;
+use crate::profile::Version;
+
+/// `JobStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum JobStatus {
+    /// Never visible.
+    Undefined,
+    /// Created, not started.
+    Created,
+    /// Working.
+    Running,
+    /// Paused.
+    Paused,
+    /// In sync, waiting for complete (mirror, active commit).
+    Ready,
+    /// Ready but paused.
+    Standby,
+    /// Work done; waiting for its transaction.
+    Waiting,
+    /// Waiting to finalize.
+    Pending,
+    /// Failing or cancelled.
+    Aborting,
+    /// Finished.
+    Concluded,
+    /// Being destroyed.
+    Null,
+}
+
+impl JobStatus {
+    /// Every status, in `JobStatus` order (the table's index).
+    pub const ALL: [JobStatus; 11] = [
+        JobStatus::Undefined,
+        JobStatus::Created,
+        JobStatus::Running,
+        JobStatus::Paused,
+        JobStatus::Ready,
+        JobStatus::Standby,
+        JobStatus::Waiting,
+        JobStatus::Pending,
+        JobStatus::Aborting,
+        JobStatus::Concluded,
+        JobStatus::Null,
+    ];
+
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobStatus::Undefined => "undefined",
+            JobStatus::Created => "created",
+            JobStatus::Running => "running",
+            JobStatus::Paused => "paused",
+            JobStatus::Ready => "ready",
+            JobStatus::Standby => "standby",
+            JobStatus::Waiting => "waiting",
+            JobStatus::Pending => "pending",
+            JobStatus::Aborting => "aborting",
+            JobStatus::Concluded => "concluded",
+            JobStatus::Null => "null",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// `JobSTT`: rows from, columns to (U C R P Y S W D X E N).
+const TRANSITIONS: [[u8; 11]; 11] = [
+    /* U */ [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    /* C */ [0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1],
+    /* R */ [0, 0, 0, 1, 1, 0, 1, 0, 1, 0, 0],
+    /* P */ [0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+    /* Y */ [0, 0, 0, 0, 0, 1, 1, 0, 1, 0, 0],
+    /* S */ [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+    /* W */ [0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0],
+    /* D */ [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0],
+    /* X */ [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0],
+    /* E */ [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+    /* N */ [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+];
+
+/// Whether QEMU allows `from → to`.
+pub fn transition_allowed(from: JobStatus, to: JobStatus) -> bool {
+    TRANSITIONS[from.index()][to.index()] == 1
+}
+
+/// A job verb (`JobVerb`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// cancel
+    Cancel,
+    /// pause
+    Pause,
+    /// resume
+    Resume,
+    /// set-speed
+    SetSpeed,
+    /// complete
+    Complete,
+    /// finalize
+    Finalize,
+    /// dismiss
+    Dismiss,
+    /// change (8.2)
+    Change,
+}
+
+impl Verb {
+    /// The wire name used in error texts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verb::Cancel => "cancel",
+            Verb::Pause => "pause",
+            Verb::Resume => "resume",
+            Verb::SetSpeed => "set-speed",
+            Verb::Complete => "complete",
+            Verb::Finalize => "finalize",
+            Verb::Dismiss => "dismiss",
+            Verb::Change => "change",
+        }
+    }
+}
+
+/// `JobVerbTable` for a version: may `verb` be applied in `status`?
+pub fn verb_allowed(version: Version, verb: Verb, status: JobStatus) -> bool {
+    use JobStatus::*;
+    let active = matches!(status, Created | Running | Paused | Ready | Standby);
+    match verb {
+        Verb::Cancel => active || matches!(status, Waiting | Pending),
+        Verb::Pause | Verb::Resume | Verb::SetSpeed => active,
+        // `complete` in standby arrived in 6.0.
+        Verb::Complete => status == Ready || (status == Standby && version >= Version::V7_2),
+        Verb::Finalize => status == Pending,
+        Verb::Dismiss => status == Concluded,
+        Verb::Change => active,
+    }
+}
+
+/// The kind of a job (`JobType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// block-stream
+    Stream,
+}
+
+impl JobKind {
+    /// The wire name (`type`).
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Stream => "stream",
+        }
+    }
+}
+
+/// One job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// `job-id`.
+    pub id: String,
+    /// Its kind.
+    pub kind: JobKind,
+    /// Current status.
+    pub status: JobStatus,
+    /// `auto-finalize`.
+    pub auto_finalize: bool,
+    /// `auto-dismiss`.
+    pub auto_dismiss: bool,
+    /// Work to do, in bytes (`len`).
+    pub len: u64,
+    /// Work done (`offset`).
+    pub offset: u64,
+    /// Speed limit in bytes per second (0: none).
+    pub speed: u64,
+    /// The node the job works on (stream: the top).
+    pub node: NodeId,
+    /// Stream: the node that stays below the top (`None`: the whole chain
+    /// is pulled in).
+    pub base: Option<NodeId>,
+    /// Paused by the user.
+    pub user_paused: bool,
+    /// Failure text, once failed.
+    pub error: Option<String>,
+}
+
+/// What the job table refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The id is not an identifier.
+    #[error("Invalid job ID '{0}'")]
+    InvalidId(String),
+    /// The id is taken (by a job not yet dismissed).
+    #[error("Job ID '{0}' already in use")]
+    IdInUse(String),
+    /// The verb is not allowed in the job's status.
+    #[error("Job '{id}' in state '{status}' cannot accept command verb '{verb}'")]
+    Verb {
+        /// The job.
+        id: String,
+        /// Its status name.
+        status: &'static str,
+        /// The verb name.
+        verb: &'static str,
+    },
+    /// A transition the table forbids (a mock bug).
+    #[error("mock-qemu: job '{0}' cannot go from {1} to {2}")]
+    BadTransition(String, &'static str, &'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_matches_qemus_lifecycle() {
+        use JobStatus::*;
+        let path = [
+            Undefined, Created, Running, Waiting, Pending, Concluded, Null,
+        ];
+        for w in path.windows(2) {
+            assert!(transition_allowed(w[0], w[1]), "{:?} -> {:?}", w[0], w[1]);
+        }
+        assert!(transition_allowed(Aborting, Aborting));
+        assert!(!transition_allowed(Running, Concluded));
+        assert!(!transition_allowed(Null, Created));
+        assert!(
+            transition_allowed(Created, Null),
+            "a job failing before it starts"
+        );
+    }
+
+    #[test]
+    fn verbs_follow_the_version() {
+        assert!(!verb_allowed(
+            Version::V5_2,
+            Verb::Complete,
+            JobStatus::Standby
+        ));
+        assert!(verb_allowed(
+            Version::V10_0,
+            Verb::Complete,
+            JobStatus::Standby
+        ));
+        assert!(!verb_allowed(
+            Version::V10_0,
+            Verb::Finalize,
+            JobStatus::Running
+        ));
+        assert!(verb_allowed(
+            Version::V10_0,
+            Verb::Dismiss,
+            JobStatus::Concluded
+        ));
+        assert!(!verb_allowed(
+            Version::V10_0,
+            Verb::Cancel,
+            JobStatus::Concluded
+        ));
+    }
+}
