@@ -6,6 +6,7 @@
 
 mod bitmaps;
 mod blockdev;
+mod commit;
 mod control;
 mod desc;
 mod exports;
@@ -102,6 +103,7 @@ pub fn execute(
         | "block-dirty-bitmap-disable" => bitmaps::BitmapVerb::new(name, &dict(&args)).apply(ctx),
         "block-dirty-bitmap-merge" => bitmaps::BitmapMerge::new(&dict(&args)).apply(ctx),
         "transaction" => transaction::Transaction::new(&dict(&args)).apply(ctx),
+        "block-commit" => commit::BlockCommit::new(&dict(&args)).apply(ctx),
         "block-stream" => stream::BlockStream::new(&dict(&args)).apply(ctx),
         "query-jobs" => jobs::QueryJobs::new("query-jobs").apply(ctx),
         "query-block-jobs" => jobs::QueryJobs::new("query-block-jobs").apply(ctx),

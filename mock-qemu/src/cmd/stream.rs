@@ -70,6 +70,7 @@ impl BlockStream {
             base,
             user_paused: false,
             error: None,
+            top: None,
         };
         ctx.machine
             .check_job_id(&id)

@@ -151,6 +151,8 @@ pub fn verb_allowed(version: Version, verb: Verb, status: JobStatus) -> bool {
 pub enum JobKind {
     /// block-stream
     Stream,
+    /// block-commit (intermediate)
+    Commit,
 }
 
 impl JobKind {
@@ -158,6 +160,7 @@ impl JobKind {
     pub fn name(self) -> &'static str {
         match self {
             JobKind::Stream => "stream",
+            JobKind::Commit => "commit",
         }
     }
 }
@@ -184,8 +187,10 @@ pub struct Job {
     /// The node the job works on (stream: the top).
     pub node: NodeId,
     /// Stream: the node that stays below the top (`None`: the whole chain
-    /// is pulled in).
+    /// is pulled in). Commit: the node committed into.
     pub base: Option<NodeId>,
+    /// Commit: the topmost node committed (below `node`).
+    pub top: Option<NodeId>,
     /// Paused by the user.
     pub user_paused: bool,
     /// Failure text, once failed.

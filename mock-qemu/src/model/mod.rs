@@ -306,6 +306,39 @@ impl Machine {
     /// The graph change a successful job makes when it finalizes.
     fn apply_job_result(&mut self, job: &Job) {
         match job.kind {
+            jobs::JobKind::Commit => {
+                // The overlay above `top` now reads from `base`; `top` and
+                // what lies between stay only if something else holds them.
+                let (Some(top), Some(base)) = (job.top, job.base) else {
+                    return;
+                };
+                let mut above = job.node;
+                while let Some(b) = self.graph.child(above, "backing") {
+                    if b == top {
+                        break;
+                    }
+                    above = b;
+                }
+                self.graph.set_backing(above, Some(base));
+                self.graph.free_unused(top);
+                let backing = self
+                    .graph
+                    .node(base)
+                    .map(|b| (graph_filename(&self.graph, b), b.driver.clone()));
+                if let Some(file) = self
+                    .graph
+                    .child(above, "file")
+                    .and_then(|f| self.graph.node(f))
+                    .and_then(|f| f.file.clone())
+                {
+                    self.graph.set_header_backing(above, backing.clone());
+                    self.effects.push(Effect::SetBacking {
+                        filename: file.filename,
+                        backing,
+                    });
+                }
+                self.graph_generation += 1;
+            }
             jobs::JobKind::Stream => {
                 let old = self.graph.child(job.node, "backing");
                 self.graph.set_backing(job.node, job.base);

@@ -1,0 +1,117 @@
+//! `block-commit` of an intermediate node: the data of `top-node` (and what
+//! lies between it and `base-node`) goes into the base, and the overlay
+//! above `top-node` then points to the base. QEMU keeps no marker on the
+//! nodes left behind, which are now stale (see the strict mode planned for
+//! the jobs issue). Active commit (`top-node` = the device) answers with the
+//! not-implemented error until READY/complete are modelled.
+
+use super::{desc, not_implemented};
+use super::{Context, Return};
+use crate::model::graph::NodeId;
+use crate::model::jobs::{Job, JobKind, JobStatus};
+use crate::qmp::error::{ErrorClass, QmpError};
+use crate::qmp::qobject::{QDict, QNum, QObject};
+
+fn str_arg<'a>(a: &'a QDict, key: &str) -> Option<&'a str> {
+    a.get(key).and_then(QObject::as_str)
+}
+
+/// `block-commit`.
+#[derive(Debug)]
+pub struct BlockCommit {
+    args: QDict,
+}
+
+impl BlockCommit {
+    /// From the checked arguments.
+    pub fn new(a: &QDict) -> Self {
+        BlockCommit { args: a.clone() }
+    }
+
+    pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
+        let a = &self.args;
+        let v = ctx.profile.version();
+        let graph = ctx.machine.graph();
+        let device = str_arg(a, "device").unwrap_or_default();
+        let Some(dev) = graph.find(device) else {
+            return Err(QmpError::new(
+                ErrorClass::DeviceNotFound,
+                format!("Device '{device}' not found"),
+            ));
+        };
+        let chain = {
+            let mut c = vec![dev];
+            let mut cur = dev;
+            while let Some(b) = graph.child(cur, "backing") {
+                c.push(b);
+                cur = b;
+            }
+            c
+        };
+        let lookup = |name: &str| {
+            graph
+                .find(name)
+                .ok_or_else(|| desc::node_lookup(v, "", name))
+        };
+        let top: NodeId = match str_arg(a, "top-node") {
+            Some(t) => lookup(t)?,
+            None => dev,
+        };
+        let base: Option<NodeId> = match str_arg(a, "base-node") {
+            Some(b) => Some(lookup(b)?),
+            None => chain.last().copied(),
+        };
+        let pos = |n: NodeId| chain.iter().position(|c| *c == n);
+        let (Some(tpos), Some(base)) = (pos(top), base) else {
+            let name = graph.node(top).map(|n| n.name.clone()).unwrap_or_default();
+            return Err(QmpError::generic(format!(
+                "Top image file {name} not found"
+            )));
+        };
+        if pos(base).is_none_or(|b| b <= tpos) {
+            let name = graph.node(base).map(|n| n.name.clone()).unwrap_or_default();
+            return Err(QmpError::generic(format!(
+                "'{name}' is not in this backing file chain"
+            )));
+        }
+        if top == dev {
+            return Err(not_implemented(ctx.profile, "block-commit (active commit)"));
+        }
+        let id = str_arg(a, "job-id").unwrap_or("").to_owned();
+        let speed = match a.get("speed") {
+            Some(QObject::Num(QNum::I64(s))) => *s,
+            _ => 0,
+        };
+        let bool_or_true = |k: &str| !matches!(a.get(k), Some(QObject::Bool(false)));
+        let job = Job {
+            id: id.clone(),
+            kind: JobKind::Commit,
+            status: JobStatus::Undefined,
+            auto_finalize: bool_or_true("auto-finalize"),
+            auto_dismiss: bool_or_true("auto-dismiss"),
+            len: graph.node(top).map_or(0, |n| n.size),
+            offset: 0,
+            speed: u64::try_from(speed).unwrap_or(0),
+            node: dev,
+            base: Some(base),
+            top: Some(top),
+            user_paused: false,
+            error: None,
+        };
+        ctx.machine
+            .check_job_id(&id)
+            .map_err(|e| QmpError::generic(e.to_string()))?;
+        if speed < 0 {
+            ctx.machine
+                .create_and_drop_job(job)
+                .map_err(|e| QmpError::generic(e.to_string()))?;
+            return Err(QmpError::generic(
+                "Parameter 'speed' expects a non-negative value",
+            ));
+        }
+        ctx.machine
+            .start_job(job)
+            .map_err(|e| QmpError::generic(e.to_string()))?;
+        Ok(QObject::Dict(QDict::new()))
+    }
+}
