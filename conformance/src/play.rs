@@ -188,6 +188,43 @@ pub async fn play(
                 conn = open(target, &mut t, opts).await?;
                 pending_unsynced = false;
             }
+            Step::AwaitEvent { name, data } => {
+                if conn.closed {
+                    bail!("await-event {name} after the server closed the connection");
+                }
+                let start = t
+                    .entries
+                    .iter()
+                    .rposition(|e| matches!(e, Entry::Sent(_) | Entry::SentRaw(_)))
+                    .unwrap_or(0);
+                let seen = t.entries[start..]
+                    .iter()
+                    .any(|e| matches!(e, Entry::Recv(l) if event_matches(l, name, data)));
+                if !seen {
+                    loop {
+                        let Some(l) = conn
+                            .reader
+                            .next_line(opts.timeout)
+                            .await
+                            .with_context(|| format!("waiting for event {name}"))?
+                        else {
+                            t.entries.push(Entry::Closed);
+                            conn.closed = true;
+                            bail!(
+                                "the server closed the connection while waiting for event {name}"
+                            );
+                        };
+                        if skip(&conn, &l, opts) {
+                            continue;
+                        }
+                        let hit = event_matches(&l.text, name, data);
+                        push_line(&mut t, l);
+                        if hit {
+                            break;
+                        }
+                    }
+                }
+            }
             Step::ExpectClose => {
                 if !conn.closed {
                     while let Some(l) = conn
@@ -295,6 +332,21 @@ async fn synchronise(
         }
         push_line(t, l);
     }
+}
+
+/// Whether a received line is event `name` whose `data` has `members`.
+fn event_matches(
+    text: &str,
+    name: &str,
+    members: &serde_json::Map<String, serde_json::Value>,
+) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+        return false;
+    };
+    v.get("event").and_then(serde_json::Value::as_str) == Some(name)
+        && members
+            .iter()
+            .all(|(k, want)| v.get("data").and_then(|d| d.get(k)) == Some(want))
 }
 
 fn is_marker_reply(text: &str, id: &str) -> bool {

@@ -18,6 +18,10 @@
 //!   incomplete on purpose).
 //! - `reconnect`: closes the connection and opens a new one (a new greeting).
 //! - `expect-close`: the server ends the connection (after `quit`).
+//! - `await-event NAME {"member": value}`: waits (up to the timeout) until
+//!   an event NAME whose `data` has those members has arrived since the last
+//!   request; it adds nothing to the transcript, so a job's asynchronous
+//!   events are in before the next request however fast the target is.
 //! - `setup CMD`: runs `sh -c CMD` in the target's work folder before going
 //!   on (create an image with qemu-img, write data with qemu-io); a failure
 //!   fails the case.
@@ -51,6 +55,14 @@ pub enum Step {
     ExpectClose,
     /// A shell command run in the work folder.
     Setup(String),
+    /// Read until an event with this name (and these data members) has
+    /// arrived since the last request, within the timeout.
+    AwaitEvent {
+        /// Event name.
+        name: String,
+        /// Members `data` must have (a subset).
+        data: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 /// A parsed scenario file.
@@ -126,6 +138,20 @@ impl Scenario {
                 });
             } else if line == "reconnect" {
                 s.steps.push(Step::Reconnect);
+            } else if let Some(rest) = line.strip_prefix("await-event ") {
+                let rest = rest.trim();
+                let (name, data) = match rest.split_once(char::is_whitespace) {
+                    Some((event, d)) => {
+                        let v: serde_json::Value =
+                            serde_json::from_str(d.trim()).with_context(ctx)?;
+                        let serde_json::Value::Object(m) = v else {
+                            bail!("line {}: await-event data must be a JSON object", n + 1)
+                        };
+                        (event.to_owned(), m)
+                    }
+                    None => (rest.to_owned(), serde_json::Map::new()),
+                };
+                s.steps.push(Step::AwaitEvent { name, data });
             } else if let Some(cmd) = line.strip_prefix("setup ") {
                 s.steps.push(Step::Setup(cmd.trim().to_owned()));
             } else if line == "expect-close" {
