@@ -61,8 +61,7 @@ fn normalized(t: &Transcript, n: &Normalizer) -> Vec<Entry> {
         })
         .collect();
     crate::normalize::auto_node_names(&mut received);
-    crate::normalize::events_before_requests(&mut entries);
-    entries
+    crate::normalize::float_job_events(entries)
 }
 
 fn json_eq(a: &str, b: &str) -> bool {

@@ -7,9 +7,9 @@
 //! 3. Generated node names (`#block` + a counter + two random digits in
 //!    QEMU) become `#block~1`, `#block~2`, … in order of first appearance in
 //!    the transcript ([`auto_node_names`]).
-//! 4. Events right after a request are placed before it
-//!    ([`events_before_requests`]): when an asynchronous event arrives
-//!    relative to the client's next write is timing.
+//! 4. Job progress events are compared as a sequence of their own
+//!    ([`float_job_events`]): where they fall among replies and requests is
+//!    timing.
 //!
 //! Rules for job progress, generated node names and drain pairs come with
 //! the graph and job suites.
@@ -37,27 +37,32 @@ impl Normalizer {
     }
 }
 
-/// Moves events that arrive right after a request before that request.
-///
-/// An event QEMU raises asynchronously (a job finishing after its command
-/// answered) reaches the client whenever it happens; whether the client had
-/// already written its next request by then is timing, not behaviour. Events
-/// still stay in their order relative to each other and to every reply.
-pub fn events_before_requests(entries: &mut [Entry]) {
-    let is_event = |e: &Entry| matches!(e, Entry::Recv(l) if l.contains("\"event\": "));
-    let is_request = |e: &Entry| matches!(e, Entry::Sent(_) | Entry::SentRaw(_));
-    let mut i = 1;
-    while i < entries.len() {
-        if is_event(&entries[i]) {
-            // Bubble it up past the requests just above it.
-            let mut j = i;
-            while j > 0 && is_request(&entries[j - 1]) {
-                entries.swap(j - 1, j);
-                j -= 1;
-            }
-        }
-        i += 1;
+/// Whether a received line is a job's progress event, which QEMU sends
+/// whenever the job gets there: `JOB_STATUS_CHANGE` (except `created` and
+/// `running`, which always precede the starting command's reply) and every
+/// `BLOCK_JOB_*` event.
+pub fn is_job_progress_event(line: &str) -> bool {
+    if line.contains("\"event\": \"BLOCK_JOB_") {
+        return true;
     }
+    line.contains("\"event\": \"JOB_STATUS_CHANGE\"")
+        && !line.contains("\"status\": \"created\"")
+        && !line.contains("\"status\": \"running\"")
+}
+
+/// Moves job progress events out of line: they are compared as their own
+/// sequence, after everything else, in the order they arrived.
+///
+/// When a job's asynchronous events reach the client relative to replies and
+/// to the client's next requests is timing: a fast job emits `ready`, or its
+/// whole run, before or after the command's reply (reference §1.8). Their
+/// order among themselves, and every other line's position, are compared.
+pub fn float_job_events(entries: Vec<Entry>) -> Vec<Entry> {
+    let (floating, mut fixed): (Vec<Entry>, Vec<Entry>) = entries
+        .into_iter()
+        .partition(|e| matches!(e, Entry::Recv(l) if is_job_progress_event(l)));
+    fixed.extend(floating);
+    fixed
 }
 
 /// Renames generated node names by order of first appearance, across the
@@ -124,24 +129,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_move_before_the_requests_they_follow() {
-        let ev = |n: u8| Entry::Recv(format!("{{\"event\": \"E{n}\"}}"));
-        let mut e = vec![
-            Entry::Recv("{\"return\": {}}".into()),
+    fn job_progress_events_float_but_keep_their_order() {
+        let ev = |s: &str| {
+            Entry::Recv(format!(
+                "{{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {{\"status\": \"{s}\"}}}}"
+            ))
+        };
+        let reply = Entry::Recv("{\"return\": {}}".into());
+        let e = vec![
+            ev("created"),
+            ev("running"),
+            ev("ready"),
+            reply.clone(),
             Entry::Sent("q".into()),
-            ev(1),
-            ev(2),
-            Entry::Recv("{\"return\": []}".into()),
+            ev("null"),
         ];
-        events_before_requests(&mut e);
         assert_eq!(
-            e,
+            float_job_events(e),
             vec![
-                Entry::Recv("{\"return\": {}}".into()),
-                ev(1),
-                ev(2),
+                ev("created"),
+                ev("running"),
+                reply,
                 Entry::Sent("q".into()),
-                Entry::Recv("{\"return\": []}".into())
+                ev("ready"),
+                ev("null")
             ]
         );
     }

@@ -323,6 +323,20 @@ impl BlockdevDel {
 
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
         let version = ctx.profile.version();
+        // A node a running job works on is blocked (op blocker).
+        if let Some(id) = ctx.machine.graph().find(&self.node_name) {
+            let job = ctx.machine.jobs_newest_first().find(|j| {
+                j.status < crate::model::jobs::JobStatus::Concluded
+                    && (j.node == id || j.top == Some(id))
+            });
+            if let Some(j) = job {
+                return Err(QmpError::generic(format!(
+                    "Node '{}' is busy: block device is in use by block job: {}",
+                    self.node_name,
+                    j.kind.name()
+                )));
+            }
+        }
         ctx.machine
             .graph_mut()
             .delete(&self.node_name)

@@ -2,10 +2,10 @@
 //! lies between it and `base-node`) goes into the base, and the overlay
 //! above `top-node` then points to the base. QEMU keeps no marker on the
 //! nodes left behind, which are now stale (see the strict mode planned for
-//! the jobs issue). Active commit (`top-node` = the device) answers with the
-//! not-implemented error until READY/complete are modelled.
+//! the jobs issue). Active commit (`top-node` = the device, or omitted) goes
+//! `ready` and waits for `complete`.
 
-use super::{desc, not_implemented};
+use super::desc;
 use super::{Context, Return};
 use crate::model::graph::NodeId;
 use crate::model::jobs::{Job, JobKind, JobStatus};
@@ -74,9 +74,6 @@ impl BlockCommit {
                 "'{name}' is not in this backing file chain"
             )));
         }
-        if top == dev {
-            return Err(not_implemented(ctx.profile, "block-commit (active commit)"));
-        }
         let id = str_arg(a, "job-id").unwrap_or("").to_owned();
         let speed = match a.get("speed") {
             Some(QObject::Num(QNum::I64(s))) => *s,
@@ -89,13 +86,21 @@ impl BlockCommit {
             status: JobStatus::Undefined,
             auto_finalize: bool_or_true("auto-finalize"),
             auto_dismiss: bool_or_true("auto-dismiss"),
-            len: graph.node(top).map_or(0, |n| n.size),
+            // Active commit copies what the top has allocated: nothing in an
+            // image no one has written (the data plane comes later).
+            len: if top == dev {
+                0
+            } else {
+                graph.node(top).map_or(0, |n| n.size)
+            },
             offset: 0,
             speed: u64::try_from(speed).unwrap_or(0),
             node: dev,
             base: Some(base),
             top: Some(top),
             user_paused: false,
+            waits_for_complete: top == dev,
+            complete_requested: false,
             error: None,
         };
         ctx.machine

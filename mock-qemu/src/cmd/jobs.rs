@@ -160,10 +160,17 @@ impl JobVerb {
             }
             Verb::Complete => {
                 verb_check(job.status)?;
-                Err(QmpError::generic(format!(
-                    "The active block job '{}' cannot be completed",
-                    job.id
-                )))
+                if !job.waits_for_complete || job.complete_requested {
+                    return Err(QmpError::generic(format!(
+                        "The active block job '{}' cannot be completed",
+                        job.id
+                    )));
+                }
+                // The job finishes after the reply (run_jobs).
+                if let Some(j) = ctx.machine.job_entry(&job.id) {
+                    j.complete_requested = true;
+                }
+                done()
             }
             Verb::Cancel | Verb::Change => {
                 verb_check(job.status)?;
@@ -201,7 +208,10 @@ impl QueryJobs {
                     d.put("paused", j.user_paused);
                     d.put("speed", j.speed);
                     d.put("io-status", "ok");
-                    d.put("ready", false);
+                    d.put(
+                        "ready",
+                        matches!(j.status, JobStatus::Ready | JobStatus::Standby),
+                    );
                     d.put("status", j.status.name());
                     d.put("auto-finalize", j.auto_finalize);
                     d.put("auto-dismiss", j.auto_dismiss);

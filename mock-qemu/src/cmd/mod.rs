@@ -184,6 +184,21 @@ pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
             }
             ("BLOCK_JOB_COMPLETED", Some(QObject::Dict(d)))
         }
+        ModelEvent::BlockJobReady {
+            device,
+            len,
+            offset,
+            speed,
+            kind,
+        } => {
+            let mut d = QDict::new();
+            d.put("type", *kind);
+            d.put("device", device.clone());
+            d.put("len", *len);
+            d.put("offset", *offset);
+            d.put("speed", *speed);
+            ("BLOCK_JOB_READY", Some(QObject::Dict(d)))
+        }
         ModelEvent::BlockJobPending { kind, id } => {
             let mut d = QDict::new();
             d.put("type", *kind);

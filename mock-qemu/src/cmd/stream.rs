@@ -69,6 +69,8 @@ impl BlockStream {
             node: top,
             base,
             user_paused: false,
+            waits_for_complete: false,
+            complete_requested: false,
             error: None,
             top: None,
         };

@@ -193,6 +193,11 @@ pub struct Job {
     pub top: Option<NodeId>,
     /// Paused by the user.
     pub user_paused: bool,
+    /// Mirror-like jobs (active commit): they go `ready` and wait for
+    /// `complete`.
+    pub waits_for_complete: bool,
+    /// `complete` was requested.
+    pub complete_requested: bool,
     /// Failure text, once failed.
     pub error: Option<String>,
 }

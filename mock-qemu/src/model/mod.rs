@@ -62,6 +62,19 @@ pub enum ModelEvent {
         /// Failure text.
         error: Option<String>,
     },
+    /// `BLOCK_JOB_READY`.
+    BlockJobReady {
+        /// The job id (`device`).
+        device: String,
+        /// `len`.
+        len: u64,
+        /// `offset`.
+        offset: u64,
+        /// `speed`.
+        speed: u64,
+        /// `type`.
+        kind: &'static str,
+    },
     /// `BLOCK_JOB_PENDING`.
     BlockJobPending {
         /// `type`.
@@ -251,15 +264,33 @@ impl Machine {
     /// (`pending` without auto-finalize, `concluded` without auto-dismiss).
     /// Its events follow the reply of the command that ran.
     pub fn run_jobs(&mut self) {
-        let running: Vec<String> = self
+        let movable: Vec<String> = self
             .jobs
             .iter()
-            .filter(|j| j.status == JobStatus::Running && !j.user_paused)
+            .filter(|j| !j.user_paused)
+            .filter(|j| {
+                j.status == JobStatus::Running
+                    || (j.status == JobStatus::Ready && j.complete_requested)
+            })
             .map(|j| j.id.clone())
             .collect();
-        for id in running {
-            if let Some(j) = self.job_mut(&id) {
-                j.offset = j.len;
+        for id in movable {
+            let Some(job) = self.job_mut(&id) else {
+                continue;
+            };
+            job.offset = job.len;
+            if job.status == JobStatus::Running && job.waits_for_complete {
+                // In sync: ready, then BLOCK_JOB_READY; wait for complete.
+                let ready = ModelEvent::BlockJobReady {
+                    device: id.clone(),
+                    len: job.len,
+                    offset: job.offset,
+                    speed: job.speed,
+                    kind: job.kind.name(),
+                };
+                let _ = self.set_status(&id, JobStatus::Ready, true);
+                self.emit_after_reply(ready);
+                continue;
             }
             let _ = self.set_status(&id, JobStatus::Waiting, true);
             let _ = self.set_status(&id, JobStatus::Pending, true);
@@ -306,6 +337,11 @@ impl Machine {
     /// The graph change a successful job makes when it finalizes.
     fn apply_job_result(&mut self, job: &Job) {
         match job.kind {
+            jobs::JobKind::Commit if job.top == Some(job.node) => {
+                // Active commit: the top's parents would move to the base.
+                // Nothing else holds the node in qemu-storage-daemon, so the
+                // graph stays as it is (recorded).
+            }
             jobs::JobKind::Commit => {
                 // The overlay above `top` now reads from `base`; `top` and
                 // what lies between stay only if something else holds them.
