@@ -83,6 +83,11 @@ pub fn set_qcow2_backing(filename: &str, backing: Option<(&str, &str)>) -> Resul
     } else {
         72
     };
+    if header_len < 72 || header_len > cluster {
+        return Err(ImageError::BadQcow2(format!(
+            "qcow2 header length {header_len} is invalid"
+        )));
+    }
     // Keep every extension but the backing format; then ours; then the end.
     let mut exts: Vec<u8> = Vec::new();
     let mut at = header_len;
@@ -209,27 +214,32 @@ pub fn parse_qcow2(buf: &[u8], path: &Path) -> Result<Qcow2Facts, ImageError> {
     } else {
         0
     };
-    let backing_file =
-        if backing_offset != 0 && backing_len > 0 && backing_offset + backing_len <= buf.len() {
-            Some(
-                String::from_utf8_lossy(&buf[backing_offset..backing_offset + backing_len])
-                    .into_owned(),
-            )
-        } else {
-            None
-        };
+    // Offsets come from the file: every sum is checked (a fuzzed header
+    // found the overflow).
+    let backing_file = match backing_offset.checked_add(backing_len) {
+        Some(end) if backing_offset != 0 && backing_len > 0 && end <= buf.len() => {
+            Some(String::from_utf8_lossy(&buf[backing_offset..end]).into_owned())
+        }
+        _ => None,
+    };
     // Header extensions follow the header.
     let mut backing_format = None;
     let mut at = header_len;
     while at + 8 <= buf.len() {
         let (magic, len) = (be32(buf, at), be32(buf, at + 4) as usize);
-        if magic == 0 || at + 8 + len > buf.len() {
+        let Some(end) = (at + 8).checked_add(len).filter(|e| *e <= buf.len()) else {
+            break;
+        };
+        if magic == 0 {
             break;
         }
         if magic == EXT_BACKING_FORMAT {
-            backing_format = Some(String::from_utf8_lossy(&buf[at + 8..at + 8 + len]).into_owned());
+            backing_format = Some(String::from_utf8_lossy(&buf[at + 8..end]).into_owned());
         }
-        at += 8 + len.div_ceil(8) * 8;
+        at = match (at + 8).checked_add(len.div_ceil(8) * 8) {
+            Some(next) => next,
+            None => break,
+        };
     }
     let full_backing = backing_file.as_ref().map(|b| {
         if b.starts_with('/') || b.contains(':') {
@@ -256,4 +266,52 @@ pub fn parse_qcow2(buf: &[u8], path: &Path) -> Result<Qcow2Facts, ImageError> {
         refcount_bits: 1u32 << refcount_order.min(6),
         compression_zstd: compression_type == 1,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(version: u32, backing_offset: u64, backing_len: u32) -> Vec<u8> {
+        let mut b = vec![0u8; 512];
+        b[0..4].copy_from_slice(&QCOW2_MAGIC.to_be_bytes());
+        b[4..8].copy_from_slice(&version.to_be_bytes());
+        b[8..16].copy_from_slice(&backing_offset.to_be_bytes());
+        b[16..20].copy_from_slice(&backing_len.to_be_bytes());
+        b[20..24].copy_from_slice(&16u32.to_be_bytes());
+        b[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes());
+        b[96..100].copy_from_slice(&4u32.to_be_bytes());
+        b[100..104].copy_from_slice(&104u32.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn hostile_header_offsets_are_refused_not_panicked_on() {
+        // Found by the qcow2 fuzz target: offset + length overflowed.
+        let q = parse_qcow2(&header(3, u64::MAX, 8), Path::new("/x")).unwrap();
+        assert_eq!(q.backing_file, None);
+        let mut b = header(3, 0, 0);
+        // An extension whose length runs past the buffer.
+        b[104..108].copy_from_slice(&EXT_BACKING_FORMAT.to_be_bytes());
+        b[108..112].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            parse_qcow2(&b, Path::new("/x")).unwrap().backing_format,
+            None
+        );
+        assert!(matches!(
+            parse_qcow2(&b[..10], Path::new("/x")),
+            Err(ImageError::NotQcow2)
+        ));
+    }
+
+    #[test]
+    fn a_relative_backing_name_resolves_against_the_image_folder() {
+        let mut b = header(3, 200, 6);
+        b[200..206].copy_from_slice(b"base.q");
+        let q = parse_qcow2(&b, Path::new("/imgs/top.qcow2")).unwrap();
+        assert_eq!(q.backing_file.as_deref(), Some("base.q"));
+        assert_eq!(q.full_backing.as_deref(), Some("/imgs/base.q"));
+        assert_eq!(q.size, 1 << 20);
+        assert_eq!(q.cluster_size, 65536);
+    }
 }
