@@ -16,6 +16,7 @@ pub mod normalize;
 pub mod play;
 pub mod probe;
 pub mod record;
+pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod suite;

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use conformance::compare::Mode;
 use conformance::play::PlayOptions;
+use conformance::report::{write_json, write_junit, CaseResult, KnownDivergences, Verdict};
 use conformance::runner::{describe_failure, run_case, Outcome};
 use conformance::suite;
 use conformance::target::{InProcess, LaunchSpec, Process, Socket, Target};
@@ -31,21 +32,33 @@ struct Cli {
 enum Cmd {
     /// Play the recorded cases against a target and compare with the goldens.
     Run {
-        /// `mock` (in process, default), `mock-bin:PATH`, `qemu:PATH`, `unix:PATH`, `tcp:HOST:PORT`.
+        /// mock | mock-bin:PATH | qemu:PATH | unix:PATH | tcp:HOST:PORT
         #[arg(long, default_value = "mock")]
         target: String,
-        /// Profile(s) whose goldens to use: `qemu-10.0`, … or `all`.
+        /// qemu-5.2,qemu-7.2,qemu-10.0 or all
         #[arg(long, default_value = "all")]
         profile: String,
-        /// Flavor(s): `qsd`, `system` or `all`.
+        /// qsd,system or all
         #[arg(long, default_value = "all")]
         flavor: String,
-        /// Only cases whose id contains this text.
+        /// Only cases whose `profile/flavor/suite/case` contains this (repeatable).
         #[arg(long)]
-        filter: Option<String>,
-        /// List the cases without running them.
+        filter: Vec<String>,
+        /// Leave out cases whose `profile/flavor/suite/case` contains this (repeatable).
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// Run the K-th of N shares of the selected cases (CI sharding).
+        #[arg(long, value_name = "K/N")]
+        partition: Option<String>,
+        /// List the selected cases without running them.
         #[arg(long)]
         list: bool,
+        /// Also write a JUnit XML report.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Also write a JSON report.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
     /// Launch a real QEMU, record its profile data and every scenario's transcript.
     Record {
@@ -122,19 +135,24 @@ async fn real_main(cli: Cli) -> Result<bool> {
             profile,
             flavor,
             filter,
+            exclude,
+            partition,
             list,
+            junit,
+            json,
         } => {
-            let versions = parse_list::<Version>(&profile, &Version::ALL)?;
-            let flavors = parse_list::<Flavor>(&flavor, &[Flavor::Qsd, Flavor::System])?;
-            run(
-                &fixtures,
-                &target,
-                &versions,
-                &flavors,
-                filter.as_deref(),
+            let o = RunOptions {
+                target: &target,
+                versions: parse_list::<Version>(&profile, &Version::ALL)?,
+                flavors: parse_list::<Flavor>(&flavor, &[Flavor::Qsd, Flavor::System])?,
+                filters: filter,
+                excludes: exclude,
+                partition: partition.as_deref().map(parse_partition).transpose()?,
                 list,
-            )
-            .await
+                junit,
+                json,
+            };
+            run(&fixtures, &o).await
         }
     }
 }
@@ -173,80 +191,159 @@ async fn make_target(
     })
 }
 
-async fn run(
-    fixtures: &std::path::Path,
-    target_spec: &str,
-    versions: &[Version],
-    flavors: &[Flavor],
-    filter: Option<&str>,
+/// What `qmp-conform run` was asked to do.
+struct RunOptions<'a> {
+    target: &'a str,
+    versions: Vec<Version>,
+    flavors: Vec<Flavor>,
+    filters: Vec<String>,
+    excludes: Vec<String>,
+    partition: Option<(usize, usize)>,
     list: bool,
-) -> Result<bool> {
+    junit: Option<PathBuf>,
+    json: Option<PathBuf>,
+}
+
+fn parse_partition(s: &str) -> Result<(usize, usize)> {
+    let (k, n) = s.split_once('/').context("--partition takes K/N")?;
+    let (k, n): (usize, usize) = (k.parse()?, n.parse()?);
+    if n == 0 || k == 0 || k > n {
+        bail!("--partition K/N needs 1 <= K <= N");
+    }
+    Ok((k, n))
+}
+
+async fn run(fixtures: &std::path::Path, o: &RunOptions<'_>) -> Result<bool> {
     let scenarios = suite::scenarios(fixtures)?;
-    let (mut passed, mut failed) = (0usize, 0usize);
+    let kind = if o.target == "mock" || o.target.starts_with("mock-bin:") {
+        "mock"
+    } else {
+        "qemu"
+    };
+    let known = KnownDivergences::load(fixtures, kind)?;
     let started = Instant::now();
     let mut out = std::io::stdout().lock();
+    let mut results: Vec<CaseResult> = Vec::new();
+    // Every case of every selected profile, filtered, then this partition's share.
+    let mut all = Vec::new();
     for &(version, flavor) in suite::recorded_profiles(fixtures)
         .iter()
-        .filter(|(v, f)| versions.contains(v) && flavors.contains(f))
+        .filter(|(v, f)| o.versions.contains(v) && o.flavors.contains(f))
     {
-        let cases: Vec<_> = suite::goldens(fixtures, version, flavor)?
-            .into_iter()
-            .filter(|(id, _)| filter.is_none_or(|f| id.contains(f)))
-            .collect();
-        if cases.is_empty() {
-            continue;
-        }
-        writeln!(
-            out,
-            "== {version}/{flavor}: {} cases against {target_spec}",
-            cases.len()
-        )?;
-        if list {
-            for (id, _) in &cases {
-                writeln!(out, "  {id}")?;
-            }
-            continue;
-        }
-        let (mut target, opts) = make_target(target_spec, version, flavor).await?;
-        let mode = if target_spec == "mock" || target_spec.starts_with("mock-bin:") {
-            Mode::Bytes
-        } else {
-            Mode::Json
-        };
-        for (id, golden) in cases {
-            let Some(s) = scenarios.iter().find(|s| s.id == id) else {
-                writeln!(out, "  FAIL {id}: golden transcript has no scenario file")?;
-                failed += 1;
-                continue;
-            };
-            target.restart().await.context("restarting the target")?;
-            match run_case(s, &golden, target.as_mut(), &opts, mode).await {
-                Outcome::Pass => {
-                    passed += 1;
-                    writeln!(out, "  ok   {id}")?;
-                }
-                Outcome::Fail(m) => {
-                    failed += 1;
-                    writeln!(
-                        out,
-                        "  FAIL {id}: {}\n{}",
-                        s.description,
-                        indent(&describe_failure(&m))
-                    )?;
-                }
-                Outcome::Error(e) => {
-                    failed += 1;
-                    writeln!(out, "  FAIL {id}: {e}")?;
-                }
+        for (id, golden) in suite::goldens(fixtures, version, flavor)? {
+            let full = format!("{}/{flavor}/{id}", version.name());
+            let included =
+                o.filters.is_empty() || o.filters.iter().any(|f| full.contains(f.as_str()));
+            let excluded = o.excludes.iter().any(|x| full.contains(x.as_str()));
+            if included && !excluded {
+                all.push((version, flavor, id, golden));
             }
         }
     }
+    if let Some((k, n)) = o.partition {
+        all = all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % n == k - 1)
+            .map(|(_, c)| c)
+            .collect();
+    }
+    let total = all.len();
+    let mut current: Option<(Box<dyn Target>, PlayOptions, Mode)> = None;
+    let mut last: Option<(Version, Flavor)> = None;
+    for (n, (version, flavor, id, golden)) in all.into_iter().enumerate() {
+        let profile = format!("{}/{flavor}", version.name());
+        if last != Some((version, flavor)) {
+            last = Some((version, flavor));
+            writeln!(out, "== {profile} against {}", o.target)?;
+            if !o.list {
+                let (t, opts) = make_target(o.target, version, flavor).await?;
+                let mode = if kind == "mock" {
+                    Mode::Bytes
+                } else {
+                    Mode::Json
+                };
+                current = Some((t, opts, mode));
+            }
+        }
+        if o.list {
+            writeln!(out, "  {id}")?;
+            continue;
+        }
+        let Some((target, opts, mode)) = current.as_mut() else {
+            continue;
+        };
+        let case_started = Instant::now();
+        let scenario = scenarios.iter().find(|s| s.id == id);
+        let outcome = match scenario {
+            None => Outcome::Error("golden transcript has no scenario file".into()),
+            Some(s) => match target.restart().await {
+                Ok(()) => run_case(s, &golden, target.as_mut(), opts, *mode).await,
+                Err(e) => Outcome::Error(format!("restarting the target: {e:#}")),
+            },
+        };
+        let failure = match outcome {
+            Outcome::Pass => None,
+            Outcome::Fail(m) => Some(describe_failure(&m)),
+            Outcome::Error(e) => Some(e),
+        };
+        let listed = known.reason(&format!("{profile}/{id}"));
+        let verdict = match (failure, listed) {
+            (None, None) => Verdict::Pass,
+            (Some(d), None) => Verdict::Fail(d),
+            (Some(_), Some(r)) => Verdict::KnownFail(r.to_owned()),
+            (None, Some(r)) => Verdict::UnexpectedPass(format!(
+                "listed as a known divergence ({r}) but passes: remove it from fixtures/known-divergences/{kind}.txt"
+            )),
+        };
+        let description = scenario.map(|s| s.description.clone()).unwrap_or_default();
+        match &verdict {
+            Verdict::Pass => writeln!(out, "  ok   {id}")?,
+            Verdict::KnownFail(r) => writeln!(out, "  known {id}: {r}")?,
+            Verdict::Fail(d) | Verdict::UnexpectedPass(d) => {
+                writeln!(out, "  FAIL {id}: {description}\n{}", indent(d))?
+            }
+        }
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprint!("\r[{}/{total}] {profile} {id}\x1b[K", n + 1);
+        }
+        results.push(CaseResult {
+            profile,
+            id,
+            description,
+            checks: scenario.map(|s| s.checks.clone()).unwrap_or_default(),
+            verdict,
+            time: case_started.elapsed(),
+        });
+    }
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprint!("\r\x1b[K");
+    }
+    if o.list {
+        return Ok(true);
+    }
+    let failed = results.iter().filter(|r| r.verdict.fails_run()).count();
+    let known_n = results
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::KnownFail(_)))
+        .count();
     writeln!(
         out,
-        "\nqmp-conform: {target_spec} in {:.2}s",
+        "\nqmp-conform: {} in {:.2}s",
+        o.target,
         started.elapsed().as_secs_f64()
     )?;
-    writeln!(out, "{passed} passed, {failed} failed")?;
+    writeln!(
+        out,
+        "{} passed, {failed} failed, {known_n} known divergences",
+        results.len() - failed - known_n
+    )?;
+    if let Some(p) = &o.junit {
+        write_junit(p, o.target, &results)?;
+    }
+    if let Some(p) = &o.json {
+        write_json(p, o.target, &results)?;
+    }
     Ok(failed == 0)
 }
 
