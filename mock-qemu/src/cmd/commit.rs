@@ -101,6 +101,7 @@ impl BlockCommit {
             user_paused: false,
             waits_for_complete: top == dev,
             complete_requested: false,
+            fails_with: None,
             error: None,
         };
         ctx.machine

@@ -40,5 +40,15 @@ pub fn node_lookup(v: Version, device: &str, node: &str) -> QmpError {
     })
 }
 
+/// The error a mirror job fails with when source and target sizes differ
+/// (5.2 only had the errno text).
+pub fn mirror_size_mismatch(v: Version) -> String {
+    if v < Version::V7_2 {
+        "Invalid argument".to_owned()
+    } else {
+        "Source and target image have different sizes".to_owned()
+    }
+}
+
 /// `blockdev-add` without a node name at the top level (all versions).
 pub const ROOT_NEEDS_NODE_NAME: &str = "'node-name' must be specified for the root node";

@@ -215,6 +215,10 @@ impl QueryJobs {
                     d.put("status", j.status.name());
                     d.put("auto-finalize", j.auto_finalize);
                     d.put("auto-dismiss", j.auto_dismiss);
+                    if j.kind == crate::model::jobs::JobKind::Mirror {
+                        // 10.0's schema has it; the projection drops it for older ones.
+                        d.put("actively-synced", false);
+                    }
                 } else {
                     d.put("id", j.id.clone());
                     d.put("type", j.kind.name());

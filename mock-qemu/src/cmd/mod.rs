@@ -11,6 +11,7 @@ mod control;
 mod desc;
 mod exports;
 mod jobs;
+mod mirror;
 mod snapshot;
 mod stream;
 mod system;
@@ -104,6 +105,7 @@ pub fn execute(
         "block-dirty-bitmap-merge" => bitmaps::BitmapMerge::new(&dict(&args)).apply(ctx),
         "transaction" => transaction::Transaction::new(&dict(&args)).apply(ctx),
         "block-commit" => commit::BlockCommit::new(&dict(&args)).apply(ctx),
+        "blockdev-mirror" => mirror::BlockdevMirror::new(&dict(&args)).apply(ctx),
         "block-stream" => stream::BlockStream::new(&dict(&args)).apply(ctx),
         "query-jobs" => jobs::QueryJobs::new("query-jobs").apply(ctx),
         "query-block-jobs" => jobs::QueryJobs::new("query-block-jobs").apply(ctx),

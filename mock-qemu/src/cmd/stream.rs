@@ -71,6 +71,7 @@ impl BlockStream {
             user_paused: false,
             waits_for_complete: false,
             complete_requested: false,
+            fails_with: None,
             error: None,
             top: None,
         };

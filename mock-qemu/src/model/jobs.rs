@@ -151,8 +151,10 @@ pub fn verb_allowed(version: Version, verb: Verb, status: JobStatus) -> bool {
 pub enum JobKind {
     /// block-stream
     Stream,
-    /// block-commit (intermediate)
+    /// block-commit
     Commit,
+    /// blockdev-mirror
+    Mirror,
 }
 
 impl JobKind {
@@ -161,6 +163,7 @@ impl JobKind {
         match self {
             JobKind::Stream => "stream",
             JobKind::Commit => "commit",
+            JobKind::Mirror => "mirror",
         }
     }
 }
@@ -198,6 +201,9 @@ pub struct Job {
     pub waits_for_complete: bool,
     /// `complete` was requested.
     pub complete_requested: bool,
+    /// The job will fail once running, with this error (found by the job
+    /// itself, e.g. a mirror target of another size).
+    pub fails_with: Option<String>,
     /// Failure text, once failed.
     pub error: Option<String>,
 }

@@ -278,6 +278,27 @@ impl Machine {
             let Some(job) = self.job_mut(&id) else {
                 continue;
             };
+            if let Some(err) = job.fails_with.take() {
+                // Failed before doing any work: aborting, COMPLETED with the
+                // error, concluded, null (if auto-dismiss).
+                job.error = Some(err);
+                let _ = self.set_status(&id, JobStatus::Aborting, true);
+                if let Some(job) = self.job(&id).cloned() {
+                    self.emit_after_reply(ModelEvent::BlockJobCompleted {
+                        device: id.clone(),
+                        len: 0,
+                        offset: 0,
+                        speed: job.speed,
+                        kind: job.kind.name(),
+                        error: job.error.clone(),
+                    });
+                    let _ = self.set_status(&id, JobStatus::Concluded, true);
+                    if job.auto_dismiss {
+                        let _ = self.set_status(&id, JobStatus::Null, true);
+                    }
+                }
+                continue;
+            }
             job.offset = job.len;
             if job.status == JobStatus::Running && job.waits_for_complete {
                 // In sync: ready, then BLOCK_JOB_READY; wait for complete.
@@ -337,6 +358,10 @@ impl Machine {
     /// The graph change a successful job makes when it finalizes.
     fn apply_job_result(&mut self, job: &Job) {
         match job.kind {
+            jobs::JobKind::Mirror => {
+                // Pivot: the source's parents move to the target. Nothing
+                // holds the source in qemu-storage-daemon (recorded).
+            }
             jobs::JobKind::Commit if job.top == Some(job.node) => {
                 // Active commit: the top's parents would move to the base.
                 // Nothing else holds the node in qemu-storage-daemon, so the
