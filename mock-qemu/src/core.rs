@@ -58,7 +58,8 @@ pub struct Delivery {
     /// Event lines raised while the command ran: written to every session in
     /// `recipients`, and to the requester *before* its reply.
     pub events: Vec<String>,
-    /// The reply line for the requester (none for whitespace-only input).
+    /// The reply line for the requester (every parsed item gets one;
+    /// whitespace-only input produces no item at all).
     pub reply: Option<String>,
     /// Event lines raised after the reply (work QEMU completes once the
     /// command has answered); same recipients as `events`.
@@ -346,7 +347,7 @@ fn check_obj(dict: &QDict, allow_oob: bool) -> Result<(), QmpError> {
 
 /// How the impersonated QEMU writes doubles: QEMU 6.0 changed `%f` with
 /// trailing zeros stripped to `%.17g` (seen in the recorded `id` echoes).
-pub(crate) fn json_style(profile: &Profile) -> Style {
+pub fn json_style(profile: &Profile) -> Style {
     if profile.version() < crate::profile::Version::V7_2 {
         Style::Legacy
     } else {

@@ -78,11 +78,7 @@ pub fn set_qcow2_backing(filename: &str, backing: Option<(&str, &str)>) -> Resul
     let cluster = usize::try_from(facts.cluster_size)
         .unwrap_or(65536)
         .min(buf.len());
-    let header_len = if facts.version >= 3 {
-        be32(&buf, 100) as usize
-    } else {
-        72
-    };
+    let header_len = facts.header_length;
     if header_len < 72 || header_len > cluster {
         return Err(ImageError::BadQcow2(format!(
             "qcow2 header length {header_len} is invalid"
@@ -198,17 +194,23 @@ pub fn parse_qcow2(buf: &[u8], path: &Path) -> Result<Qcow2Facts, ImageError> {
     let backing_len = be32(buf, 16) as usize;
     let cluster_bits = be32(buf, 20);
     let size = be64(buf, 24);
-    let (incompatible, compatible, refcount_order, header_len) = if version >= 3 && buf.len() >= 104
-    {
-        (
-            be64(buf, 72),
-            be64(buf, 80),
-            be32(buf, 96),
-            be32(buf, 100) as usize,
-        )
+    if version >= 3 && buf.len() < 104 {
+        return Err(ImageError::BadQcow2("qcow2 header too short".into()));
+    }
+    let (incompatible, compatible, refcount_order, header_len) = if version >= 3 {
+        (be64(buf, 72), be64(buf, 80), be32(buf, 96), be32(buf, 100) as usize)
     } else {
         (0, 0, 4, 72)
     };
+    if version >= 3 && header_len < 104 {
+        return Err(ImageError::BadQcow2("qcow2 header too short".into()));
+    }
+    if cluster_bits < 9 || cluster_bits > 21 {
+        return Err(ImageError::BadQcow2(format!("Unsupported cluster size: 2^{cluster_bits}")));
+    }
+    if header_len > 1usize << cluster_bits {
+        return Err(ImageError::BadQcow2("qcow2 header exceeds cluster size".into()));
+    }
     let compression_type = if version >= 3 && header_len > 104 && buf.len() > 104 {
         buf[104]
     } else {
@@ -254,6 +256,7 @@ pub fn parse_qcow2(buf: &[u8], path: &Path) -> Result<Qcow2Facts, ImageError> {
     });
     Ok(Qcow2Facts {
         version,
+        header_length: header_len,
         size,
         cluster_size: 1u64 << cluster_bits.min(30),
         backing_file,

@@ -40,6 +40,8 @@ pub struct FileFacts {
 pub struct Qcow2Facts {
     /// 2 or 3.
     pub version: u32,
+    /// Bytes of header before the extensions (72 for version 2).
+    pub header_length: usize,
     /// Virtual size.
     pub size: u64,
     /// Cluster size in bytes.
