@@ -198,7 +198,12 @@ pub fn parse_qcow2(buf: &[u8], path: &Path) -> Result<Qcow2Facts, ImageError> {
         return Err(ImageError::BadQcow2("qcow2 header too short".into()));
     }
     let (incompatible, compatible, refcount_order, header_len) = if version >= 3 {
-        (be64(buf, 72), be64(buf, 80), be32(buf, 96), be32(buf, 100) as usize)
+        (
+            be64(buf, 72),
+            be64(buf, 80),
+            be32(buf, 96),
+            be32(buf, 100) as usize,
+        )
     } else {
         (0, 0, 4, 72)
     };
@@ -206,10 +211,14 @@ pub fn parse_qcow2(buf: &[u8], path: &Path) -> Result<Qcow2Facts, ImageError> {
         return Err(ImageError::BadQcow2("qcow2 header too short".into()));
     }
     if cluster_bits < 9 || cluster_bits > 21 {
-        return Err(ImageError::BadQcow2(format!("Unsupported cluster size: 2^{cluster_bits}")));
+        return Err(ImageError::BadQcow2(format!(
+            "Unsupported cluster size: 2^{cluster_bits}"
+        )));
     }
     if header_len > 1usize << cluster_bits {
-        return Err(ImageError::BadQcow2("qcow2 header exceeds cluster size".into()));
+        return Err(ImageError::BadQcow2(
+            "qcow2 header exceeds cluster size".into(),
+        ));
     }
     let compression_type = if version >= 3 && header_len > 104 && buf.len() > 104 {
         buf[104]

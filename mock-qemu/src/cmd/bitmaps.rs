@@ -11,10 +11,6 @@ use crate::model::graph::{Bitmap, NodeId};
 use crate::qmp::error::QmpError;
 use crate::qmp::qobject::{QDict, QNum, QObject};
 
-fn str_arg<'a>(a: &'a QDict, key: &str) -> Option<&'a str> {
-    a.get(key).and_then(QObject::as_str)
-}
-
 fn bool_arg(a: &QDict, key: &str) -> bool {
     matches!(a.get(key), Some(QObject::Bool(true)))
 }
@@ -58,8 +54,8 @@ impl BitmapAdd {
             _ => None,
         };
         BitmapAdd {
-            node: str_arg(a, "node").unwrap_or_default().to_owned(),
-            name: str_arg(a, "name").unwrap_or_default().to_owned(),
+            node: a.get_str("node").unwrap_or_default().to_owned(),
+            name: a.get_str("name").unwrap_or_default().to_owned(),
             granularity,
             persistent: bool_arg(a, "persistent"),
             disabled: bool_arg(a, "disabled"),
@@ -125,8 +121,8 @@ impl BitmapVerb {
     pub fn new(verb: &str, a: &QDict) -> Self {
         BitmapVerb {
             verb: verb.to_owned(),
-            node: str_arg(a, "node").unwrap_or_default().to_owned(),
-            name: str_arg(a, "name").unwrap_or_default().to_owned(),
+            node: a.get_str("node").unwrap_or_default().to_owned(),
+            name: a.get_str("name").unwrap_or_default().to_owned(),
         }
     }
 
@@ -160,14 +156,14 @@ impl BitmapMerge {
     /// From the checked arguments: sources are names on `node`, or
     /// `{node, name}` pairs.
     pub fn new(a: &QDict) -> Self {
-        let node = str_arg(a, "node").unwrap_or_default().to_owned();
+        let node = a.get_str("node").unwrap_or_default().to_owned();
         let sources = match a.get("bitmaps") {
             Some(QObject::List(l)) => l
                 .iter()
                 .map(|s| match s {
                     QObject::Dict(d) => (
-                        str_arg(d, "node").unwrap_or_default().to_owned(),
-                        str_arg(d, "name").unwrap_or_default().to_owned(),
+                        d.get_str("node").unwrap_or_default().to_owned(),
+                        d.get_str("name").unwrap_or_default().to_owned(),
                     ),
                     other => (node.clone(), other.as_str().unwrap_or_default().to_owned()),
                 })
@@ -175,7 +171,7 @@ impl BitmapMerge {
             _ => Vec::new(),
         };
         BitmapMerge {
-            target: str_arg(a, "target").unwrap_or_default().to_owned(),
+            target: a.get_str("target").unwrap_or_default().to_owned(),
             node,
             sources,
         }

@@ -8,13 +8,9 @@
 use super::desc;
 use super::{Context, Return};
 use crate::model::graph::NodeId;
-use crate::model::jobs::{Job, JobKind, JobStatus};
+use crate::model::jobs::{Job, JobKind};
 use crate::qmp::error::{ErrorClass, QmpError};
-use crate::qmp::qobject::{QDict, QNum, QObject};
-
-fn str_arg<'a>(a: &'a QDict, key: &str) -> Option<&'a str> {
-    a.get(key).and_then(QObject::as_str)
-}
+use crate::qmp::qobject::QDict;
 
 /// `block-commit`.
 #[derive(Debug)]
@@ -32,7 +28,7 @@ impl BlockCommit {
         let a = &self.args;
         let v = ctx.profile.version();
         let graph = ctx.machine.graph();
-        let device = str_arg(a, "device").unwrap_or_default();
+        let device = a.get_str("device").unwrap_or_default();
         let Some(dev) = graph.find(device) else {
             return Err(QmpError::new(
                 ErrorClass::DeviceNotFound,
@@ -53,11 +49,11 @@ impl BlockCommit {
                 .find(name)
                 .ok_or_else(|| desc::node_lookup(v, "", name))
         };
-        let top: NodeId = match str_arg(a, "top-node") {
+        let top: NodeId = match a.get_str("top-node") {
             Some(t) => lookup(t)?,
             None => dev,
         };
-        let base: Option<NodeId> = match str_arg(a, "base-node") {
+        let base: Option<NodeId> = match a.get_str("base-node") {
             Some(b) => Some(lookup(b)?),
             None => chain.last().copied(),
         };
@@ -74,50 +70,19 @@ impl BlockCommit {
                 "'{name}' is not in this backing file chain"
             )));
         }
-        let id = str_arg(a, "job-id").unwrap_or("").to_owned();
-        let speed = match a.get("speed") {
-            Some(QObject::Num(QNum::I64(s))) => *s,
-            _ => 0,
+        // Active commit copies what the top has allocated: nothing in an
+        // image no one has written (the data plane comes later).
+        let len = if top == dev {
+            0
+        } else {
+            graph.node(top).map_or(0, |n| n.size)
         };
-        let bool_or_true = |k: &str| !matches!(a.get(k), Some(QObject::Bool(false)));
         let job = Job {
-            id: id.clone(),
-            kind: JobKind::Commit,
-            status: JobStatus::Undefined,
-            auto_finalize: bool_or_true("auto-finalize"),
-            auto_dismiss: bool_or_true("auto-dismiss"),
-            // Active commit copies what the top has allocated: nothing in an
-            // image no one has written (the data plane comes later).
-            len: if top == dev {
-                0
-            } else {
-                graph.node(top).map_or(0, |n| n.size)
-            },
-            offset: 0,
-            speed: u64::try_from(speed).unwrap_or(0),
-            node: dev,
             base: Some(base),
             top: Some(top),
-            user_paused: false,
             waits_for_complete: top == dev,
-            complete_requested: false,
-            fails_with: None,
-            error: None,
+            ..Job::new("", JobKind::Commit, dev, len)
         };
-        ctx.machine
-            .check_job_id(&id)
-            .map_err(|e| QmpError::generic(e.to_string()))?;
-        if speed < 0 {
-            ctx.machine
-                .create_and_drop_job(job)
-                .map_err(|e| QmpError::generic(e.to_string()))?;
-            return Err(QmpError::generic(
-                "Parameter 'speed' expects a non-negative value",
-            ));
-        }
-        ctx.machine
-            .start_job(job)
-            .map_err(|e| QmpError::generic(e.to_string()))?;
-        Ok(QObject::Dict(QDict::new()))
+        super::jobs::start(ctx, &self.args, job)
     }
 }

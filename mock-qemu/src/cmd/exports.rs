@@ -15,10 +15,6 @@ use crate::qmp::error::QmpError;
 use crate::qmp::qobject::{QDict, QNum, QObject};
 use crate::qmp::shape;
 
-fn str_arg<'a>(a: &'a QDict, key: &str) -> Option<&'a str> {
-    a.get(key).and_then(QObject::as_str)
-}
-
 fn not_running() -> QmpError {
     QmpError::generic("NBD server not running")
 }
@@ -51,11 +47,11 @@ impl NbdServerStart {
             Some(QObject::Dict(d)) => d.clone(),
             _ => addr.clone(),
         };
-        let listen = match str_arg(addr, "type") {
-            Some("unix") => NbdListen::Unix(str_arg(&data, "path").unwrap_or_default().to_owned()),
+        let listen = match addr.get_str("type") {
+            Some("unix") => NbdListen::Unix(data.get_str("path").unwrap_or_default().to_owned()),
             Some("inet") => {
-                let host = str_arg(&data, "host").unwrap_or_default().to_owned();
-                let port = str_arg(&data, "port").unwrap_or_default();
+                let host = data.get_str("host").unwrap_or_default().to_owned();
+                let port = data.get_str("port").unwrap_or_default();
                 let port = port.parse::<u16>().map_err(|_| QmpError::generic(format!("Parameter 'port' expects a number: {port}")))?;
                 NbdListen::Tcp(host, port)
             }
@@ -122,24 +118,26 @@ impl BlockExportAdd {
     pub fn from_qmp(a: &QDict) -> Self {
         BlockExportAdd {
             legacy: false,
-            id: str_arg(a, "id").unwrap_or_default().to_owned(),
-            node: str_arg(a, "node-name").unwrap_or_default().to_owned(),
-            name: str_arg(a, "name").map(str::to_owned),
-            description: str_arg(a, "description").map(str::to_owned),
+            id: a.get_str("id").unwrap_or_default().to_owned(),
+            node: a.get_str("node-name").unwrap_or_default().to_owned(),
+            name: a.get_str("name").map(str::to_owned),
+            description: a.get_str("description").map(str::to_owned),
             writable: matches!(a.get("writable"), Some(QObject::Bool(true))),
         }
     }
 
     /// `nbd-server-add`: the export id is its name, by default the device.
     pub fn from_legacy(a: &QDict) -> Self {
-        let device = str_arg(a, "device").unwrap_or_default().to_owned();
-        let name = str_arg(a, "name").map_or_else(|| device.clone(), str::to_owned);
+        let device = a.get_str("device").unwrap_or_default().to_owned();
+        let name = a
+            .get_str("name")
+            .map_or_else(|| device.clone(), str::to_owned);
         BlockExportAdd {
             legacy: true,
             id: name.clone(),
             node: device,
             name: Some(name),
-            description: str_arg(a, "description").map(str::to_owned),
+            description: a.get_str("description").map(str::to_owned),
             writable: matches!(a.get("writable"), Some(QObject::Bool(true))),
         }
     }
@@ -230,7 +228,7 @@ impl BlockExportDel {
         let key = if legacy { "name" } else { "id" };
         BlockExportDel {
             legacy,
-            id: str_arg(a, key).unwrap_or_default().to_owned(),
+            id: a.get_str(key).unwrap_or_default().to_owned(),
         }
     }
 

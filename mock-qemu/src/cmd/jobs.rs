@@ -10,10 +10,40 @@
 use serde::Deserialize;
 
 use super::{not_implemented, parse_args, Context, Return};
-use crate::model::jobs::{verb_allowed, JobError, JobStatus, Verb};
+use crate::model::jobs::{verb_allowed, Job, JobError, JobStatus, Verb};
 use crate::qmp::error::{ErrorClass, QmpError};
 use crate::qmp::qobject::{QDict, QObject};
 use crate::qmp::shape;
+
+/// Starts a job a command built, with the arguments every job-starting
+/// command shares (`job-id` — default `''`, as no BlockBackend names exist
+/// —, `speed`, `auto-finalize`, `auto-dismiss`), in QEMU's order: the id is
+/// checked, the job is created, a negative speed destroys it again
+/// (`created`, `null`, then the error), else it starts.
+pub(super) fn start(ctx: &mut Context<'_>, args: &QDict, job: Job) -> Result<Return, QmpError> {
+    let speed = match args.get("speed") {
+        Some(QObject::Num(crate::qmp::qobject::QNum::I64(s))) => *s,
+        _ => 0,
+    };
+    let explicit_false = |k: &str| matches!(args.get(k), Some(QObject::Bool(false)));
+    let job = Job {
+        id: args.get_str("job-id").unwrap_or("").to_owned(),
+        speed: u64::try_from(speed).unwrap_or(0),
+        auto_finalize: !explicit_false("auto-finalize"),
+        auto_dismiss: !explicit_false("auto-dismiss"),
+        ..job
+    };
+    let err = |e: JobError| QmpError::generic(e.to_string());
+    ctx.machine.check_job_id(&job.id).map_err(err)?;
+    if speed < 0 {
+        ctx.machine.create_and_drop_job(job).map_err(err)?;
+        return Err(QmpError::generic(
+            "Parameter 'speed' expects a non-negative value",
+        ));
+    }
+    ctx.machine.start_job(job).map_err(err)?;
+    Ok(QObject::Dict(QDict::new()))
+}
 
 /// Which family a verb belongs to, which decides its lookup error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

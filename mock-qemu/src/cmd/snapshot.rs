@@ -13,10 +13,6 @@ use crate::model::graph::NodeId;
 use crate::qmp::error::QmpError;
 use crate::qmp::qobject::{QDict, QObject};
 
-fn str_arg<'a>(a: &'a QDict, key: &str) -> Option<&'a str> {
-    a.get(key).and_then(QObject::as_str)
-}
-
 /// The op blocker that makes a node busy for a snapshot: it is some node's
 /// backing file.
 fn busy_as_backing(ctx: &Context<'_>, id: NodeId) -> Option<QmpError> {
@@ -47,8 +43,8 @@ impl BlockdevSnapshotSync {
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
         let a = &self.args;
         let v = ctx.profile.version();
-        let device = str_arg(a, "device").unwrap_or("");
-        let node_name = str_arg(a, "node-name").unwrap_or("");
+        let device = a.get_str("device").unwrap_or("");
+        let node_name = a.get_str("node-name").unwrap_or("");
         let graph = ctx.machine.graph();
         // No BlockBackends exist yet, so only a node name can match.
         let id = (if node_name.is_empty() {
@@ -64,9 +60,9 @@ impl BlockdevSnapshotSync {
         let Some(top) = graph.node(id) else {
             return Err(desc::node_lookup(v, device, node_name));
         };
-        let snapshot_file = str_arg(a, "snapshot-file").unwrap_or_default().to_owned();
-        let format = str_arg(a, "format").unwrap_or("qcow2").to_owned();
-        let existing = str_arg(a, "mode") == Some("existing");
+        let snapshot_file = a.get_str("snapshot-file").unwrap_or_default().to_owned();
+        let format = a.get_str("format").unwrap_or("qcow2").to_owned();
+        let existing = a.get_str("mode") == Some("existing");
         if !existing {
             if format != "qcow2" {
                 return Err(QmpError::generic(format!(
@@ -85,7 +81,7 @@ impl BlockdevSnapshotSync {
         file.put("filename", snapshot_file);
         let mut def = QDict::new();
         def.put("driver", format);
-        if let Some(n) = str_arg(a, "snapshot-node-name") {
+        if let Some(n) = a.get_str("snapshot-node-name") {
             def.put("node-name", n);
         }
         def.put("backing", QObject::Null);
@@ -118,8 +114,8 @@ impl BlockdevSnapshot {
     /// From the checked arguments.
     pub fn new(a: &QDict) -> Self {
         BlockdevSnapshot {
-            node: str_arg(a, "node").unwrap_or_default().to_owned(),
-            overlay: str_arg(a, "overlay").unwrap_or_default().to_owned(),
+            node: a.get_str("node").unwrap_or_default().to_owned(),
+            overlay: a.get_str("overlay").unwrap_or_default().to_owned(),
         }
     }
 

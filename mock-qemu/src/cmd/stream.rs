@@ -7,11 +7,7 @@ use super::{Context, Return};
 use crate::model::graph::NodeId;
 use crate::model::jobs::{Job, JobKind, JobStatus};
 use crate::qmp::error::QmpError;
-use crate::qmp::qobject::{QDict, QNum, QObject};
-
-fn str_arg<'a>(a: &'a QDict, key: &str) -> Option<&'a str> {
-    a.get(key).and_then(QObject::as_str)
-}
+use crate::qmp::qobject::QDict;
 
 /// `block-stream`.
 #[derive(Debug)]
@@ -28,7 +24,7 @@ impl BlockStream {
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
         let a = &self.args;
         let v = ctx.profile.version();
-        let device = str_arg(a, "device").unwrap_or_default().to_owned();
+        let device = a.get_str("device").unwrap_or_default().to_owned();
         let graph = ctx.machine.graph();
         let top = graph
             .find(&device)
@@ -45,51 +41,16 @@ impl BlockStream {
                 j.kind.name()
             )));
         }
-        let base: Option<NodeId> = match str_arg(a, "base-node") {
+        let base: Option<NodeId> = match a.get_str("base-node") {
             Some(b) => Some(graph.find(b).ok_or_else(|| desc::node_lookup(v, "", b))?),
             None => None,
         };
         // No BlockBackend names exist, so the default job id is ''.
-        let id = str_arg(a, "job-id").unwrap_or("").to_owned();
-        let speed = match a.get("speed") {
-            Some(QObject::Num(QNum::I64(s))) => *s,
-            _ => 0,
-        };
-        let bool_or_true = |k: &str| !matches!(a.get(k), Some(QObject::Bool(false)));
         let len = graph.node(top).map_or(0, |n| n.size);
         let job = Job {
-            id: id.clone(),
-            kind: JobKind::Stream,
-            status: JobStatus::Undefined,
-            auto_finalize: bool_or_true("auto-finalize"),
-            auto_dismiss: bool_or_true("auto-dismiss"),
-            len,
-            offset: 0,
-            speed: u64::try_from(speed).unwrap_or(0),
-            node: top,
             base,
-            user_paused: false,
-            waits_for_complete: false,
-            complete_requested: false,
-            fails_with: None,
-            error: None,
-            top: None,
+            ..Job::new("", JobKind::Stream, top, len)
         };
-        ctx.machine
-            .check_job_id(&id)
-            .map_err(|e| QmpError::generic(e.to_string()))?;
-        if speed < 0 {
-            // Created, then refused: QEMU reports created and null first.
-            ctx.machine
-                .create_and_drop_job(job)
-                .map_err(|e| QmpError::generic(e.to_string()))?;
-            return Err(QmpError::generic(
-                "Parameter 'speed' expects a non-negative value",
-            ));
-        }
-        ctx.machine
-            .start_job(job)
-            .map_err(|e| QmpError::generic(e.to_string()))?;
-        Ok(QObject::Dict(QDict::new()))
+        super::jobs::start(ctx, &self.args, job)
     }
 }

@@ -208,6 +208,31 @@ pub struct Job {
     pub error: Option<String>,
 }
 
+impl Job {
+    /// A job of `kind` on `node` with `len` bytes of work, QEMU's defaults
+    /// otherwise (auto-finalize and auto-dismiss on, no speed limit).
+    pub fn new(id: &str, kind: JobKind, node: NodeId, len: u64) -> Job {
+        Job {
+            id: id.to_owned(),
+            kind,
+            status: JobStatus::Undefined,
+            auto_finalize: true,
+            auto_dismiss: true,
+            len,
+            offset: 0,
+            speed: 0,
+            node,
+            base: None,
+            top: None,
+            user_paused: false,
+            waits_for_complete: false,
+            complete_requested: false,
+            fails_with: None,
+            error: None,
+        }
+    }
+}
+
 /// What the job table refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JobError {

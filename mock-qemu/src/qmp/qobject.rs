@@ -131,6 +131,11 @@ impl QDict {
         self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
+    /// The string member `key`, if it is one.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(QObject::as_str)
+    }
+
     /// Removes a key, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<QObject> {
         let pos = self.entries.iter().position(|(k, _)| k == key)?;
