@@ -149,7 +149,18 @@ impl JobVerb {
                     return Err(QmpError::generic("Can't resume a job that was not paused"));
                 }
                 verb_check(job.status)?;
-                Err(not_implemented(ctx.profile, &self.name))
+                let back = match job.status {
+                    JobStatus::Standby => JobStatus::Ready,
+                    JobStatus::Paused => JobStatus::Running,
+                    other => other,
+                };
+                if let Some(j) = ctx.machine.job_entry(&job.id) {
+                    j.user_paused = false;
+                }
+                if back != job.status {
+                    ctx.machine.set_status(&job.id, back, false).map_err(err)?;
+                }
+                done()
             }
             Verb::Cancel if self.family == Family::BlockJob && !self.force && job.user_paused => {
                 Err(QmpError::generic(format!(
@@ -162,7 +173,21 @@ impl JobVerb {
                 if job.user_paused {
                     return Err(QmpError::generic("Job is already paused"));
                 }
-                Err(not_implemented(ctx.profile, &self.name))
+                let to = match job.status {
+                    // QEMU 5.2 moved an idle ready job to standby only at its
+                    // next pause point, which never came (recorded).
+                    JobStatus::Ready if version < crate::profile::Version::V7_2 => JobStatus::Ready,
+                    JobStatus::Ready => JobStatus::Standby,
+                    JobStatus::Running => JobStatus::Paused,
+                    other => other,
+                };
+                if let Some(j) = ctx.machine.job_entry(&job.id) {
+                    j.user_paused = true;
+                }
+                if to != job.status {
+                    ctx.machine.set_status(&job.id, to, false).map_err(err)?;
+                }
+                done()
             }
             Verb::SetSpeed => {
                 verb_check(job.status)?;
@@ -202,7 +227,21 @@ impl JobVerb {
                 }
                 done()
             }
-            Verb::Cancel | Verb::Change => {
+            Verb::Cancel => {
+                verb_check(job.status)?;
+                let soft = self.family == Family::BlockJob && !self.force;
+                if let Some(j) = ctx.machine.job_entry(&job.id) {
+                    if soft && j.status == JobStatus::Ready && j.waits_for_complete {
+                        // A soft cancel of a ready job completes it without
+                        // the pivot (nothing to pivot in qemu-storage-daemon).
+                        j.complete_requested = true;
+                    } else {
+                        j.cancel_requested = true;
+                    }
+                }
+                done()
+            }
+            Verb::Change => {
                 verb_check(job.status)?;
                 Err(not_implemented(ctx.profile, &self.name))
             }

@@ -201,6 +201,21 @@ pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
             d.put("speed", *speed);
             ("BLOCK_JOB_READY", Some(QObject::Dict(d)))
         }
+        ModelEvent::BlockJobCancelled {
+            device,
+            len,
+            offset,
+            speed,
+            kind,
+        } => {
+            let mut d = QDict::new();
+            d.put("type", *kind);
+            d.put("device", device.clone());
+            d.put("len", *len);
+            d.put("offset", *offset);
+            d.put("speed", *speed);
+            ("BLOCK_JOB_CANCELLED", Some(QObject::Dict(d)))
+        }
         ModelEvent::BlockJobPending { kind, id } => {
             let mut d = QDict::new();
             d.put("type", *kind);

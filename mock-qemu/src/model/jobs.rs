@@ -199,8 +199,11 @@ pub struct Job {
     /// Mirror-like jobs (active commit): they go `ready` and wait for
     /// `complete`.
     pub waits_for_complete: bool,
-    /// `complete` was requested.
+    /// `complete` was requested (or a soft cancel of a ready mirror, which
+    /// completes without pivoting).
     pub complete_requested: bool,
+    /// A (hard) cancel was requested.
+    pub cancel_requested: bool,
     /// The job will fail once running, with this error (found by the job
     /// itself, e.g. a mirror target of another size).
     pub fails_with: Option<String>,
@@ -227,6 +230,7 @@ impl Job {
             user_paused: false,
             waits_for_complete: false,
             complete_requested: false,
+            cancel_requested: false,
             fails_with: None,
             error: None,
         }

@@ -75,6 +75,19 @@ pub enum ModelEvent {
         /// `type`.
         kind: &'static str,
     },
+    /// `BLOCK_JOB_CANCELLED`.
+    BlockJobCancelled {
+        /// The job id (`device`).
+        device: String,
+        /// `len`.
+        len: u64,
+        /// `offset`.
+        offset: u64,
+        /// `speed`.
+        speed: u64,
+        /// `type`.
+        kind: &'static str,
+    },
     /// `BLOCK_JOB_PENDING`.
     BlockJobPending {
         /// `type`.
@@ -267,9 +280,10 @@ impl Machine {
         let movable: Vec<String> = self
             .jobs
             .iter()
-            .filter(|j| !j.user_paused)
+            .filter(|j| j.cancel_requested || !j.user_paused)
             .filter(|j| {
-                j.status == JobStatus::Running
+                j.cancel_requested
+                    || j.status == JobStatus::Running
                     || (j.status == JobStatus::Ready && j.complete_requested)
             })
             .map(|j| j.id.clone())
@@ -278,6 +292,24 @@ impl Machine {
             let Some(job) = self.job_mut(&id) else {
                 continue;
             };
+            if job.cancel_requested {
+                // Cancelled: aborting, BLOCK_JOB_CANCELLED, concluded, null.
+                let cancelled = ModelEvent::BlockJobCancelled {
+                    device: id.clone(),
+                    len: job.len,
+                    offset: job.offset,
+                    speed: job.speed,
+                    kind: job.kind.name(),
+                };
+                let dismiss = job.auto_dismiss;
+                let _ = self.set_status(&id, JobStatus::Aborting, true);
+                self.emit_after_reply(cancelled);
+                let _ = self.set_status(&id, JobStatus::Concluded, true);
+                if dismiss {
+                    let _ = self.set_status(&id, JobStatus::Null, true);
+                }
+                continue;
+            }
             if let Some(err) = job.fails_with.take() {
                 // Failed before doing any work: aborting, COMPLETED with the
                 // error, concluded, null (if auto-dismiss).
