@@ -4,6 +4,7 @@
 //! deserializing them cannot fail on shape; a command only adds the checks
 //! QEMU's own C code makes. [`execute`] is the routing table.
 
+mod backup;
 mod bitmaps;
 mod blockdev;
 mod commit;
@@ -105,6 +106,7 @@ pub fn execute(
         "block-dirty-bitmap-merge" => bitmaps::BitmapMerge::new(&dict(&args)).apply(ctx),
         "transaction" => transaction::Transaction::new(&dict(&args)).apply(ctx),
         "block-commit" => commit::BlockCommit::new(&dict(&args)).apply(ctx),
+        "blockdev-backup" => backup::BlockdevBackup::new(&dict(&args)).apply(ctx),
         "blockdev-mirror" => mirror::BlockdevMirror::new(&dict(&args)).apply(ctx),
         "block-stream" => stream::BlockStream::new(&dict(&args)).apply(ctx),
         "query-jobs" => jobs::QueryJobs::new("query-jobs").apply(ctx),

@@ -155,6 +155,8 @@ pub enum JobKind {
     Commit,
     /// blockdev-mirror
     Mirror,
+    /// blockdev-backup
+    Backup,
 }
 
 impl JobKind {
@@ -164,6 +166,7 @@ impl JobKind {
             JobKind::Stream => "stream",
             JobKind::Commit => "commit",
             JobKind::Mirror => "mirror",
+            JobKind::Backup => "backup",
         }
     }
 }

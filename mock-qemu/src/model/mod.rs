@@ -390,6 +390,9 @@ impl Machine {
     /// The graph change a successful job makes when it finalizes.
     fn apply_job_result(&mut self, job: &Job) {
         match job.kind {
+            jobs::JobKind::Backup => {
+                // The target gets the data; the graph does not change.
+            }
             jobs::JobKind::Mirror => {
                 // Pivot: the source's parents move to the target. Nothing
                 // holds the source in qemu-storage-daemon (recorded).
