@@ -552,6 +552,23 @@ fn qsd(p: &Program) -> (Running, PathBuf) {
     (spawn(p, &args, dir), sock)
 }
 
+/// [`chain_info`] with the work folder written `<dir>` (the mock's and real
+/// QEMU's runs use different folders).
+fn chain_info_in(path: &Path, dir: &Path) -> Vec<Value> {
+    let dir = dir.display().to_string();
+    chain_info(path)
+        .into_iter()
+        .map(|mut i| {
+            for k in ["filename", "backing-filename"] {
+                if let Some(s) = i[k].as_str() {
+                    i[k] = json!(s.replace(&dir, "<dir>"));
+                }
+            }
+            i
+        })
+        .collect()
+}
+
 /// `qemu-img info --backing-chain --output=json`, minus what depends on the
 /// writer's layout (file lengths) rather than on the chain.
 fn chain_info(path: &Path) -> Vec<Value> {
@@ -614,18 +631,7 @@ fn snapshot_overlays_are_valid_images_with_the_chain_qemu_writes() {
             p.label,
             String::from_utf8_lossy(&check.stdout)
         );
-        let info: Vec<Value> = chain_info(&snap)
-            .into_iter()
-            .map(|mut i| {
-                // The work folders differ between the two runs.
-                for k in ["filename", "backing-filename"] {
-                    if let Some(s) = i[k].as_str() {
-                        i[k] = json!(s.replace(&vm.dir.path().display().to_string(), "<dir>"));
-                    }
-                }
-                i
-            })
-            .collect();
+        let info: Vec<Value> = chain_info_in(&snap, vm.dir.path());
         assert_eq!(info.len(), 2, "{}: {info:?}", p.label);
         assert_eq!(
             info[0]["backing-filename"], "<dir>/base.qcow2",
@@ -857,17 +863,7 @@ fn block_stream_rewrites_the_image_header_as_qemu_does() {
         let (_, r) = c.cmd(json!({"execute": "blockdev-del", "arguments": {"node-name": "top"}}));
         assert_eq!(r, json!({"return": {}}), "{}", p.label);
         assert!(run_tool("qemu-img", &["check", &s(&top)]).0, "{}", p.label);
-        let info: Vec<Value> = chain_info(&top)
-            .into_iter()
-            .map(|mut i| {
-                for k in ["filename", "backing-filename"] {
-                    if let Some(t) = i[k].as_str() {
-                        i[k] = json!(t.replace(&vm.dir.path().display().to_string(), "<dir>"));
-                    }
-                }
-                i
-            })
-            .collect();
+        let info: Vec<Value> = chain_info_in(&top, vm.dir.path());
         assert_eq!(
             info.len(),
             2,

@@ -2,7 +2,6 @@
 //! the graph, so QEMU reports a `paused`/`running` pair before the reply
 //! (recorded). `drive-backup`, bitmaps and fleecing come later.
 
-use super::desc;
 use super::{Context, Return};
 use crate::model::jobs::{Job, JobKind, JobStatus};
 use crate::qmp::error::QmpError;
@@ -22,16 +21,8 @@ impl BlockdevBackup {
 
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
         let a = &self.args;
-        let v = ctx.profile.version();
+        let (src, dst) = super::jobs::source_and_target(ctx, a)?;
         let graph = ctx.machine.graph();
-        let device = a.get_str("device").unwrap_or_default();
-        let src = graph
-            .find(device)
-            .ok_or_else(|| desc::node_lookup(v, device, device))?;
-        let target = a.get_str("target").unwrap_or_default();
-        let dst = graph
-            .find(target)
-            .ok_or_else(|| desc::node_lookup(v, target, target))?;
         let sync = a.get_str("sync").unwrap_or("full");
         if matches!(sync, "incremental" | "bitmap") && a.get_str("bitmap").is_none() {
             return Err(QmpError::generic(format!(

@@ -45,6 +45,23 @@ pub(super) fn start(ctx: &mut Context<'_>, args: &QDict, job: Job) -> Result<Ret
     Ok(QObject::Dict(QDict::new()))
 }
 
+/// `device` and `target` of a copying job (mirror, backup), looked up as
+/// `bdrv_lookup_bs(name, name)`.
+pub(super) fn source_and_target(
+    ctx: &Context<'_>,
+    args: &QDict,
+) -> Result<(crate::model::graph::NodeId, crate::model::graph::NodeId), QmpError> {
+    let v = ctx.profile.version();
+    let graph = ctx.machine.graph();
+    let find = |key: &str| {
+        let name = args.get_str(key).unwrap_or_default();
+        graph
+            .find(name)
+            .ok_or_else(|| super::desc::node_lookup(v, name, name))
+    };
+    Ok((find("device")?, find("target")?))
+}
+
 /// Which family a verb belongs to, which decides its lookup error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {

@@ -24,15 +24,8 @@ impl BlockdevMirror {
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
         let a = &self.args;
         let v = ctx.profile.version();
+        let (src, dst) = super::jobs::source_and_target(ctx, a)?;
         let graph = ctx.machine.graph();
-        let device = a.get_str("device").unwrap_or_default();
-        let src = graph
-            .find(device)
-            .ok_or_else(|| desc::node_lookup(v, device, device))?;
-        let target = a.get_str("target").unwrap_or_default();
-        let dst = graph
-            .find(target)
-            .ok_or_else(|| desc::node_lookup(v, target, target))?;
         if src == dst {
             return Err(QmpError::generic("Can't mirror node into itself"));
         }

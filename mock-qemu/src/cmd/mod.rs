@@ -152,6 +152,17 @@ fn parse_args<T: DeserializeOwned>(args: serde_json::Value) -> Result<T, QmpErro
         .map_err(|e| QmpError::generic(format!("mock-qemu: internal argument mismatch: {e}")))
 }
 
+/// The data every `BLOCK_JOB_*` progress event carries.
+fn block_job_data(device: &str, len: u64, offset: u64, speed: u64, kind: &str) -> QDict {
+    let mut d = QDict::new();
+    d.put("type", kind);
+    d.put("device", device);
+    d.put("len", len);
+    d.put("offset", offset);
+    d.put("speed", speed);
+    d
+}
+
 /// An event's wire name and data.
 pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
     match e {
@@ -177,12 +188,7 @@ pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
             kind,
             error,
         } => {
-            let mut d = QDict::new();
-            d.put("type", *kind);
-            d.put("device", device.clone());
-            d.put("len", *len);
-            d.put("offset", *offset);
-            d.put("speed", *speed);
+            let mut d = block_job_data(device, *len, *offset, *speed, kind);
             if let Some(e) = error {
                 d.put("error", e.clone());
             }
@@ -194,30 +200,24 @@ pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
             offset,
             speed,
             kind,
-        } => {
-            let mut d = QDict::new();
-            d.put("type", *kind);
-            d.put("device", device.clone());
-            d.put("len", *len);
-            d.put("offset", *offset);
-            d.put("speed", *speed);
-            ("BLOCK_JOB_READY", Some(QObject::Dict(d)))
-        }
+        } => (
+            "BLOCK_JOB_READY",
+            Some(QObject::Dict(block_job_data(
+                device, *len, *offset, *speed, kind,
+            ))),
+        ),
         ModelEvent::BlockJobCancelled {
             device,
             len,
             offset,
             speed,
             kind,
-        } => {
-            let mut d = QDict::new();
-            d.put("type", *kind);
-            d.put("device", device.clone());
-            d.put("len", *len);
-            d.put("offset", *offset);
-            d.put("speed", *speed);
-            ("BLOCK_JOB_CANCELLED", Some(QObject::Dict(d)))
-        }
+        } => (
+            "BLOCK_JOB_CANCELLED",
+            Some(QObject::Dict(block_job_data(
+                device, *len, *offset, *speed, kind,
+            ))),
+        ),
         ModelEvent::BlockJobPending { kind, id } => {
             let mut d = QDict::new();
             d.put("type", *kind);
