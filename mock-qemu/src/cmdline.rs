@@ -55,6 +55,8 @@ pub struct Config {
     pub name: Option<String>,
     /// Sessions per monitor at once (QEMU: 1).
     pub max_clients: usize,
+    /// Stepped job mode and its throughput (`--mock-jobs stepped[:BYTES_PER_S]`).
+    pub stepped_jobs: Option<u64>,
     /// `--version` / `-version` was asked for.
     pub print_version: bool,
     /// `--help` / `-h`.
@@ -280,6 +282,30 @@ pub fn program_name(argv0: &str) -> String {
         .map_or_else(|| "mock-qemu".into(), |n| n.to_string_lossy().into_owned())
 }
 
+/// Default simulated throughput of stepped jobs without a speed limit.
+pub const DEFAULT_THROUGHPUT: u64 = 1 << 30;
+
+/// `instant`, `stepped` or `stepped:BYTES_PER_SECOND`.
+fn parse_job_mode(v: &str) -> Result<Option<u64>, CmdlineError> {
+    match v.split_once(':') {
+        None if v == "instant" => Ok(None),
+        None if v == "stepped" => Ok(Some(DEFAULT_THROUGHPUT)),
+        Some(("stepped", bps)) => bps
+            .parse::<u64>()
+            .ok()
+            .filter(|b| *b > 0)
+            .map(Some)
+            .ok_or_else(|| {
+                CmdlineError::Invalid(format!(
+                    "--mock-jobs: '{bps}' is not a positive number of bytes per second"
+                ))
+            }),
+        _ => Err(CmdlineError::Invalid(format!(
+            "--mock-jobs: '{v}' is not instant, stepped or stepped:BYTES_PER_S"
+        ))),
+    }
+}
+
 /// Parses a command line (without `argv[0]`). `env` supplies
 /// `MOCK_QEMU_PROFILE` / `MOCK_QEMU_FLAVOR`; `argv0` picks the default flavor
 /// (`…storage-daemon` → qsd, `qemu-system…` → system).
@@ -296,6 +322,9 @@ pub fn parse(
         cfg.version = p.parse()?;
     }
     let mut flavor: Option<Flavor> = env("MOCK_QEMU_FLAVOR").map(|f| f.parse()).transpose()?;
+    if let Some(m) = env("MOCK_QEMU_JOBS") {
+        cfg.stepped_jobs = parse_job_mode(&m)?;
+    }
     if let Some(n) = env("MOCK_QEMU_MAX_CLIENTS") {
         cfg.max_clients = n.parse().map_err(|_| {
             CmdlineError::Invalid(format!("MOCK_QEMU_MAX_CLIENTS: '{n}' is not a number"))
@@ -339,6 +368,10 @@ pub fn parse(
         match name {
             "profile" => cfg.version = value(name)?.parse()?,
             "flavor" => flavor = Some(value(name)?.parse()?),
+            "mock-jobs" => {
+                let v = value(name)?;
+                cfg.stepped_jobs = parse_job_mode(&v)?;
+            }
             "mock-max-clients" => {
                 let v = value(name)?;
                 cfg.max_clients = v.parse().map_err(|_| {

@@ -41,6 +41,9 @@ pub struct CoreConfig {
     pub epoch: VirtualTime,
     /// `-S`: start in `prelaunch`.
     pub start_paused: bool,
+    /// Stepped job mode with this simulated throughput (bytes per second)
+    /// for jobs without a speed limit; `None`: instant mode.
+    pub stepped_jobs: Option<u64>,
 }
 
 impl Default for CoreConfig {
@@ -48,6 +51,7 @@ impl Default for CoreConfig {
         CoreConfig {
             epoch: VirtualTime(1_700_000_000_000_000),
             start_paused: false,
+            stepped_jobs: None,
         }
     }
 }
@@ -84,15 +88,40 @@ impl Core {
     /// A core impersonating `profile`.
     pub fn new(profile: Arc<Profile>, config: &CoreConfig) -> Self {
         let style = json_style(&profile);
+        let mut machine = Machine::new(config.epoch, config.start_paused);
+        machine.set_stepped(config.stepped_jobs);
         Core {
             profile,
-            machine: Machine::new(config.epoch, config.start_paused),
+            machine,
             sessions: BTreeMap::new(),
             next_session: 1,
             style,
             host: Box::new(crate::host::NoHostIo),
             cache: cmd::ReplyCache::default(),
         }
+    }
+
+    /// Mock-only commands (`x-mock-…`, in no QEMU schema), after
+    /// negotiation: `x-mock-clock-advance {"microseconds": N}` moves the
+    /// virtual clock, and stepped-mode jobs with it.
+    fn mock_command(&mut self, command: &str, dict: &QDict) -> Option<Result<QObject, QmpError>> {
+        if command != "x-mock-clock-advance" {
+            return None;
+        }
+        let args = match dict.get("arguments") {
+            Some(QObject::Dict(a)) => a.clone(),
+            _ => QDict::new(),
+        };
+        let micros =
+            match args.get("microseconds") {
+                Some(QObject::Num(crate::qmp::qobject::QNum::I64(n))) if *n >= 0 => *n as u64,
+                Some(QObject::Num(crate::qmp::qobject::QNum::U64(n))) => *n,
+                _ => return Some(Err(QmpError::generic(
+                    "mock-qemu: x-mock-clock-advance needs 'microseconds', a non-negative integer",
+                ))),
+            };
+        self.machine.advance(micros);
+        Some(Ok(QObject::Dict(QDict::new())))
     }
 
     /// Plugs in the host side (real NBD sockets); the default opens nothing.
@@ -280,6 +309,9 @@ impl Core {
         // Before negotiation the monitor's command table holds only qmp_capabilities.
         if !state.negotiated && command != "qmp_capabilities" {
             return Err(not_found());
+        }
+        if let Some(result) = self.mock_command(command, dict) {
+            return result;
         }
         let Some(info) = self.profile.schema().command(command) else {
             return Err(not_found());

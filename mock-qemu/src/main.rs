@@ -153,6 +153,7 @@ fn run(prog: &str, cfg: Config) -> Result<()> {
         &CoreConfig {
             epoch: VirtualTime(epoch),
             start_paused: cfg.start_paused,
+            stepped_jobs: cfg.stepped_jobs,
         },
     );
     core.set_host_io(Box::new(mock_qemu::host::RealHostIo::default()));

@@ -153,6 +153,10 @@ pub struct Machine {
     run_state: RunState,
     quit_requested: bool,
     outbox: Vec<Stamped>,
+    /// `None`: instant mode. `Some(bytes_per_second)`: stepped mode, jobs
+    /// progress only as virtual time passes, at their `speed` or else at
+    /// this simulated throughput.
+    stepped: Option<u64>,
 }
 
 impl Machine {
@@ -172,6 +176,7 @@ impl Machine {
             },
             quit_requested: false,
             outbox: Vec::new(),
+            stepped: None,
         }
     }
 
@@ -183,6 +188,29 @@ impl Machine {
     /// Moves virtual time forward.
     pub fn advance(&mut self, micros: u64) {
         self.clock.advance(micros);
+        let Some(throughput) = self.stepped else {
+            return;
+        };
+        for job in self
+            .jobs
+            .iter_mut()
+            .filter(|j| j.status == JobStatus::Running && !j.user_paused)
+        {
+            let rate = if job.speed > 0 { job.speed } else { throughput };
+            let done = u128::from(rate) * u128::from(micros) / 1_000_000;
+            job.offset = job.len.min(
+                job.offset
+                    .saturating_add(u64::try_from(done).unwrap_or(u64::MAX)),
+            );
+        }
+        // Jobs that got to the end move on now, during the advancing command.
+        self.move_jobs(false);
+    }
+
+    /// Stepped mode (`Some(bytes per second)` of simulated throughput for
+    /// jobs without a speed limit) or instant mode (`None`).
+    pub fn set_stepped(&mut self, throughput: Option<u64>) {
+        self.stepped = throughput;
     }
 
     /// The job with this id, if one exists (concluded ones included until
@@ -261,11 +289,7 @@ impl Machine {
             id: id.to_owned(),
             status: to.name(),
         };
-        if after_reply {
-            self.emit_after_reply(event);
-        } else {
-            self.emit(event);
-        }
+        self.emit_at(event, after_reply);
         if to == JobStatus::Null {
             self.jobs.retain(|j| j.id != id);
         }
@@ -277,13 +301,21 @@ impl Machine {
     /// (`pending` without auto-finalize, `concluded` without auto-dismiss).
     /// Its events follow the reply of the command that ran.
     pub fn run_jobs(&mut self) {
+        self.move_jobs(true);
+    }
+
+    /// Moves every job that can move: cancelled ones, failed ones, and
+    /// running ones whose work is done (all of it, in instant mode).
+    fn move_jobs(&mut self, after_reply: bool) {
+        let instant = self.stepped.is_none();
         let movable: Vec<String> = self
             .jobs
             .iter()
             .filter(|j| j.cancel_requested || !j.user_paused)
             .filter(|j| {
                 j.cancel_requested
-                    || j.status == JobStatus::Running
+                    || (j.status == JobStatus::Running
+                        && (instant || j.offset >= j.len || j.fails_with.is_some()))
                     || (j.status == JobStatus::Ready && j.complete_requested)
             })
             .map(|j| j.id.clone())
@@ -302,11 +334,11 @@ impl Machine {
                     kind: job.kind.name(),
                 };
                 let dismiss = job.auto_dismiss;
-                let _ = self.set_status(&id, JobStatus::Aborting, true);
-                self.emit_after_reply(cancelled);
-                let _ = self.set_status(&id, JobStatus::Concluded, true);
+                let _ = self.set_status(&id, JobStatus::Aborting, after_reply);
+                self.emit_at(cancelled, after_reply);
+                let _ = self.set_status(&id, JobStatus::Concluded, after_reply);
                 if dismiss {
-                    let _ = self.set_status(&id, JobStatus::Null, true);
+                    let _ = self.set_status(&id, JobStatus::Null, after_reply);
                 }
                 continue;
             }
@@ -314,24 +346,29 @@ impl Machine {
                 // Failed before doing any work: aborting, COMPLETED with the
                 // error, concluded, null (if auto-dismiss).
                 job.error = Some(err);
-                let _ = self.set_status(&id, JobStatus::Aborting, true);
+                let _ = self.set_status(&id, JobStatus::Aborting, after_reply);
                 if let Some(job) = self.job(&id).cloned() {
-                    self.emit_after_reply(ModelEvent::BlockJobCompleted {
-                        device: id.clone(),
-                        len: 0,
-                        offset: 0,
-                        speed: job.speed,
-                        kind: job.kind.name(),
-                        error: job.error.clone(),
-                    });
-                    let _ = self.set_status(&id, JobStatus::Concluded, true);
+                    self.emit_at(
+                        ModelEvent::BlockJobCompleted {
+                            device: id.clone(),
+                            len: 0,
+                            offset: 0,
+                            speed: job.speed,
+                            kind: job.kind.name(),
+                            error: job.error.clone(),
+                        },
+                        after_reply,
+                    );
+                    let _ = self.set_status(&id, JobStatus::Concluded, after_reply);
                     if job.auto_dismiss {
-                        let _ = self.set_status(&id, JobStatus::Null, true);
+                        let _ = self.set_status(&id, JobStatus::Null, after_reply);
                     }
                 }
                 continue;
             }
-            job.offset = job.len;
+            if instant {
+                job.offset = job.len;
+            }
             if job.status == JobStatus::Running && job.waits_for_complete {
                 // In sync: ready, then BLOCK_JOB_READY; wait for complete.
                 let ready = ModelEvent::BlockJobReady {
@@ -341,21 +378,21 @@ impl Machine {
                     speed: job.speed,
                     kind: job.kind.name(),
                 };
-                let _ = self.set_status(&id, JobStatus::Ready, true);
-                self.emit_after_reply(ready);
+                let _ = self.set_status(&id, JobStatus::Ready, after_reply);
+                self.emit_at(ready, after_reply);
                 continue;
             }
-            let _ = self.set_status(&id, JobStatus::Waiting, true);
-            let _ = self.set_status(&id, JobStatus::Pending, true);
+            let _ = self.set_status(&id, JobStatus::Waiting, after_reply);
+            let _ = self.set_status(&id, JobStatus::Pending, after_reply);
             let auto = self.job(&id).is_some_and(|j| j.auto_finalize);
             if auto {
-                let _ = self.finalize_job(&id, true);
+                let _ = self.finalize_job(&id, after_reply);
             } else if let Some(j) = self.job(&id) {
                 let event = ModelEvent::BlockJobPending {
                     kind: j.kind.name(),
                     id: id.clone(),
                 };
-                self.emit_after_reply(event);
+                self.emit_at(event, after_reply);
             }
         }
     }
@@ -375,11 +412,7 @@ impl Machine {
             kind: job.kind.name(),
             error: job.error.clone(),
         };
-        if after_reply {
-            self.emit_after_reply(event);
-        } else {
-            self.emit(event);
-        }
+        self.emit_at(event, after_reply);
         self.set_status(id, JobStatus::Concluded, after_reply)?;
         if job.auto_dismiss {
             self.set_status(id, JobStatus::Null, after_reply)?;
@@ -547,6 +580,14 @@ impl Machine {
             event,
             after_reply: true,
         });
+    }
+
+    fn emit_at(&mut self, event: ModelEvent, after_reply: bool) {
+        if after_reply {
+            self.emit_after_reply(event);
+        } else {
+            self.emit(event);
+        }
     }
 
     /// Raises an event now (before the running command's reply).

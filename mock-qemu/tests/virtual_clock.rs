@@ -1,0 +1,152 @@
+//! Stepped job mode: jobs progress with the virtual clock, at their speed
+//! limit or the simulated throughput, and wall time does not depend on size.
+
+use std::sync::Arc;
+
+use mock_qemu::core::{Core, CoreConfig, SessionId};
+use mock_qemu::profile::{Flavor, Profile, Version};
+use mock_qemu::qmp::json::{JsonStreamer, Parsed};
+use serde_json::{json, Value};
+
+struct Session {
+    core: Core,
+    sid: SessionId,
+}
+
+impl Session {
+    fn new(stepped: Option<u64>) -> Session {
+        let profile = Profile::get(Version::V10_0, Flavor::Qsd).unwrap();
+        let mut core = Core::new(
+            Arc::clone(&profile),
+            &CoreConfig {
+                stepped_jobs: stepped,
+                ..CoreConfig::default()
+            },
+        );
+        let (sid, _) = core.open_session();
+        let mut s = Session { core, sid };
+        assert_eq!(
+            s.cmd(json!({"execute": "qmp_capabilities"})).1,
+            json!({"return": {}})
+        );
+        s
+    }
+
+    /// Sends one command; returns (events before and after the reply, reply).
+    fn cmd(&mut self, v: Value) -> (Vec<Value>, Value) {
+        let mut items = Vec::new();
+        JsonStreamer::new().feed(v.to_string().as_bytes(), &mut items);
+        let item = items.pop().unwrap();
+        assert!(matches!(item, Parsed::Value(_)));
+        let d = self.core.handle(self.sid, item);
+        let parse = |l: &String| serde_json::from_str::<Value>(l).unwrap();
+        let mut events: Vec<Value> = d.events.iter().map(parse).collect();
+        events.extend(d.after.iter().map(parse));
+        (events, parse(d.reply.as_ref().unwrap()))
+    }
+
+    fn statuses(events: &[Value]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e["event"].as_str().unwrap() {
+                "JOB_STATUS_CHANGE" => e["data"]["status"].as_str().unwrap().to_owned(),
+                other => other.to_owned(),
+            })
+            .collect()
+    }
+
+    fn progress(&mut self) -> u64 {
+        let (_, r) = self.cmd(json!({"execute": "query-jobs"}));
+        r["return"][0]["current-progress"].as_u64().unwrap()
+    }
+
+    fn advance(&mut self, micros: u64) -> Vec<String> {
+        let (ev, r) = self
+            .cmd(json!({"execute": "x-mock-clock-advance", "arguments": {"microseconds": micros}}));
+        assert_eq!(r, json!({"return": {}}));
+        Session::statuses(&ev)
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn a_speed_limited_job_advances_with_the_virtual_clock() {
+    let mut s = Session::new(Some(1 << 30));
+    s.cmd(json!({"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "n", "size": 1000 * MIB}}));
+    let (ev, r) = s.cmd(json!({"execute": "block-stream", "arguments": {"job-id": "j", "device": "n", "speed": 100 * MIB}}));
+    assert_eq!(r, json!({"return": {}}));
+    assert_eq!(
+        Session::statuses(&ev),
+        ["created", "running"],
+        "nothing more until time passes"
+    );
+    assert_eq!(s.progress(), 0);
+    assert!(s.advance(5_000_000).is_empty());
+    assert_eq!(s.progress(), 500 * MIB, "5 s at 100 MiB/s");
+    // Paused jobs do not progress.
+    s.cmd(json!({"execute": "job-pause", "arguments": {"id": "j"}}));
+    s.advance(60_000_000);
+    assert_eq!(s.progress(), 500 * MIB);
+    s.cmd(json!({"execute": "job-resume", "arguments": {"id": "j"}}));
+    let done = s.advance(5_000_000);
+    assert_eq!(
+        done,
+        [
+            "waiting",
+            "pending",
+            "BLOCK_JOB_COMPLETED",
+            "concluded",
+            "null"
+        ]
+    );
+}
+
+#[test]
+fn a_one_tebibyte_mirror_goes_ready_after_its_simulated_copy_time() {
+    let mut s = Session::new(Some(1 << 30));
+    for n in ["src", "dst"] {
+        s.cmd(json!({"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": n, "size": 1u64 << 40}}));
+    }
+    s.cmd(json!({"execute": "blockdev-mirror", "arguments": {"job-id": "m", "device": "src", "target": "dst", "sync": "full"}}));
+    assert!(
+        s.advance(1_000_000_000).is_empty(),
+        "1000 s at 1 GiB/s is not yet 1 TiB"
+    );
+    assert_eq!(s.advance(24_000_000), ["ready", "BLOCK_JOB_READY"]);
+    let (ev, _) = s.cmd(json!({"execute": "job-complete", "arguments": {"id": "m"}}));
+    assert_eq!(
+        Session::statuses(&ev),
+        [
+            "waiting",
+            "pending",
+            "BLOCK_JOB_COMPLETED",
+            "concluded",
+            "null"
+        ]
+    );
+}
+
+#[test]
+fn instant_mode_needs_no_clock() {
+    let mut s = Session::new(None);
+    s.cmd(json!({"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "n"}}));
+    let (ev, _) = s.cmd(
+        json!({"execute": "block-stream", "arguments": {"job-id": "j", "device": "n", "speed": 1}}),
+    );
+    assert_eq!(
+        Session::statuses(&ev),
+        [
+            "created",
+            "running",
+            "waiting",
+            "pending",
+            "BLOCK_JOB_COMPLETED",
+            "concluded",
+            "null"
+        ]
+    );
+    let (_, r) =
+        s.cmd(json!({"execute": "x-mock-clock-advance", "arguments": {"microseconds": -1}}));
+    assert_eq!(r["error"]["class"], "GenericError");
+}
