@@ -16,6 +16,9 @@ const STATE_ACTIONS: &[&str] = &[
     "block-dirty-bitmap-merge",
     "blockdev-snapshot-sync",
     "blockdev-snapshot",
+    // Starts its job as the standalone command does (same events, recorded);
+    // a later failing action does not yet undo a started job.
+    "blockdev-backup",
 ];
 
 /// `transaction`.
