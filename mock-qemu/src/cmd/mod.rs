@@ -88,6 +88,7 @@ pub fn execute(
         "cont" => system::Cont.apply(ctx),
         "blockdev-add" => blockdev::BlockdevAdd::new(dict(&args)).apply(ctx),
         "blockdev-del" => blockdev::BlockdevDel::new(&dict(&args)).apply(ctx),
+        "query-block" => blockdev::QueryBlock.apply(ctx),
         "query-named-block-nodes" => blockdev::QueryNamedBlockNodes::new(&dict(&args)).apply(ctx),
         "blockdev-snapshot-sync" => snapshot::BlockdevSnapshotSync::new(dict(&args)).apply(ctx),
         "blockdev-snapshot" => snapshot::BlockdevSnapshot::new(&dict(&args)).apply(ctx),

@@ -321,6 +321,11 @@ impl Graph {
         self.backends.push((owner.to_owned(), id));
     }
 
+    /// Every BlockBackend: (owner, node).
+    pub fn backends(&self) -> impl Iterator<Item = (&str, NodeId)> {
+        self.backends.iter().map(|(o, n)| (o.as_str(), *n))
+    }
+
     /// Detaches `owner`'s BlockBackend.
     pub fn detach_backend(&mut self, owner: &str) {
         self.backends.retain(|(o, _)| o != owner);
