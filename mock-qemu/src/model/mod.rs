@@ -238,6 +238,12 @@ impl Machine {
     /// Creates a job (undefined → created) and starts it (→ running), with
     /// their events, before the starting command answers.
     pub fn start_job(&mut self, job: Job) -> Result<(), JobError> {
+        let id = self.create_job(job)?;
+        self.set_status(&id, JobStatus::Running, false)
+    }
+
+    /// `job_create`: checks the id, adds the job, reports `created`.
+    fn create_job(&mut self, job: Job) -> Result<String, JobError> {
         self.check_job_id(&job.id)?;
         let id = job.id.clone();
         self.jobs.push(Job {
@@ -245,7 +251,7 @@ impl Machine {
             ..job
         });
         self.set_status(&id, JobStatus::Created, false)?;
-        self.set_status(&id, JobStatus::Running, false)
+        Ok(id)
     }
 
     fn job_mut(&mut self, id: &str) -> Option<&mut Job> {
@@ -255,13 +261,7 @@ impl Machine {
     /// A job created and then refused before it started (a check QEMU makes
     /// after `job_create`, such as a negative speed): `created`, then `null`.
     pub fn create_and_drop_job(&mut self, job: Job) -> Result<(), JobError> {
-        self.check_job_id(&job.id)?;
-        let id = job.id.clone();
-        self.jobs.push(Job {
-            status: JobStatus::Undefined,
-            ..job
-        });
-        self.set_status(&id, JobStatus::Created, false)?;
+        let id = self.create_job(job)?;
         self.set_status(&id, JobStatus::Null, false)
     }
 
