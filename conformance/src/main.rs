@@ -68,12 +68,16 @@ enum Cmd {
         /// `qsd` or `system` (default: from the binary's name).
         #[arg(long)]
         flavor: Option<String>,
+        /// Record only scenarios whose id contains one of these (the
+        /// profile is always re-recorded); others' transcripts stay as they are.
+        #[arg(long)]
+        filter: Vec<String>,
     },
 }
 
-fn parse_list<T: std::str::FromStr>(s: &str, all: &[T]) -> Result<Vec<T>>
+fn parse_list<T>(s: &str, all: &[T]) -> Result<Vec<T>>
 where
-    T: Copy,
+    T: Copy + std::str::FromStr,
     T::Err: std::fmt::Display,
 {
     if s == "all" {
@@ -110,7 +114,11 @@ fn main() -> ExitCode {
 async fn real_main(cli: Cli) -> Result<bool> {
     let fixtures = cli.fixtures.unwrap_or_else(suite::fixtures_dir);
     match cli.cmd {
-        Cmd::Record { qemu, flavor } => {
+        Cmd::Record {
+            qemu,
+            flavor,
+            filter,
+        } => {
             let name = qemu
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -120,7 +128,10 @@ async fn real_main(cli: Cli) -> Result<bool> {
                 None if name.contains("qemu-system") => Flavor::System,
                 None => Flavor::Qsd,
             };
-            let scenarios = suite::scenarios(&fixtures)?;
+            let mut scenarios = suite::scenarios(&fixtures)?;
+            if !filter.is_empty() {
+                scenarios.retain(|s| filter.iter().any(|f| s.id.contains(f.as_str())));
+            }
             let (id, n) =
                 conformance::record::record_all(&qemu, flavor, &scenarios, &fixtures).await?;
             println!(

@@ -65,6 +65,9 @@ pub struct Config {
     pub ignored: Vec<String>,
     /// `-blockdev` / `--blockdev` values, in order (applied at start-up).
     pub blockdevs: Vec<String>,
+    /// `-object` / `--object` values, in order (created before the
+    /// block devices, as QEMU creates its early backends first).
+    pub objects: Vec<String>,
 }
 
 /// A command line QEMU would refuse.
@@ -105,7 +108,6 @@ pub const IGNORED_WITH_ARG: &[&str] = &[
     "sandbox",
     "overcommit",
     "device",
-    "object",
     "drive",
     "netdev",
     "nic",
@@ -437,6 +439,10 @@ pub fn parse(
             "blockdev" => {
                 let v = value(name)?;
                 cfg.blockdevs.push(v);
+            }
+            "object" => {
+                let v = value(name)?;
+                cfg.objects.push(v);
             }
             n if IGNORED_WITH_ARG.contains(&n) => {
                 if !double_dash {

@@ -313,6 +313,9 @@ impl Core {
         if let Some(result) = self.mock_command(command, dict) {
             return result;
         }
+        if !self.profile.has_command(command) {
+            return Err(not_found());
+        }
         let Some(info) = self.profile.schema().command(command) else {
             return Err(not_found());
         };

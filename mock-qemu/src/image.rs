@@ -210,7 +210,7 @@ pub fn parse_qcow2(buf: &[u8], path: &Path) -> Result<Qcow2Facts, ImageError> {
     if version >= 3 && header_len < 104 {
         return Err(ImageError::BadQcow2("qcow2 header too short".into()));
     }
-    if cluster_bits < 9 || cluster_bits > 21 {
+    if !(9..=21).contains(&cluster_bits) {
         return Err(ImageError::BadQcow2(format!(
             "Unsupported cluster size: 2^{cluster_bits}"
         )));

@@ -17,13 +17,14 @@ use crate::qmp::qobject::QObject;
 use crate::qmp::schema::{IntKind, Schema};
 
 /// The QEMU versions the mock can impersonate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Version {
     /// QEMU 5.2 (Debian bullseye).
     V5_2,
     /// QEMU 7.2 (Debian bookworm).
     V7_2,
     /// QEMU 10.0 (Debian bookworm-backports). The default.
+    #[default]
     V10_0,
 }
 
@@ -38,12 +39,6 @@ impl Version {
             Version::V7_2 => "qemu-7.2",
             Version::V10_0 => "qemu-10.0",
         }
-    }
-}
-
-impl Default for Version {
-    fn default() -> Self {
-        Version::V10_0
     }
 }
 
@@ -146,6 +141,9 @@ pub struct Profile {
 #[derive(Debug)]
 struct Schemas {
     query_commands: QObject,
+    /// The names `query-commands` lists: the monitor's command table
+    /// (5.2's storage daemon has `object-add` in its schema, not its table).
+    command_names: std::collections::BTreeSet<String>,
     schema_raw: QObject,
     schema: Schema,
 }
@@ -319,7 +317,15 @@ impl Profile {
             flavor,
             what: format!("int-kinds.json: {what}"),
         })?;
+        let command_names = qc
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("name").and_then(serde_json::Value::as_str))
+            .map(str::to_owned)
+            .collect();
         Ok(Schemas {
+            command_names,
             query_commands: QObject::from_wire(&qc),
             schema_raw: QObject::from_wire(&schema_v),
             schema,
@@ -334,6 +340,7 @@ impl Profile {
             self.load_schemas().unwrap_or_else(|e| {
                 eprintln!("mock-qemu: {e}");
                 Schemas {
+                    command_names: Default::default(),
                     query_commands: QObject::List(vec![]),
                     schema_raw: QObject::List(vec![]),
                     schema: Schema::empty(),
@@ -370,6 +377,11 @@ impl Profile {
     /// `query-commands`' return value, in the order the real QEMU lists them.
     pub fn query_commands(&self) -> &QObject {
         &self.schemas().query_commands
+    }
+
+    /// Whether the monitor has this command (listed by `query-commands`).
+    pub fn has_command(&self, name: &str) -> bool {
+        self.schemas().command_names.contains(name)
     }
 
     /// `query-qmp-schema`'s return value, verbatim.

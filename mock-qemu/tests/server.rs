@@ -881,3 +881,37 @@ fn block_stream_rewrites_the_image_header_as_qemu_does() {
         assert_eq!(a, b, "{m} vs {r}");
     }
 }
+
+#[test]
+fn object_on_the_command_line_is_created_before_the_blockdevs_that_use_it() {
+    for p in programs(Flavor::Qsd) {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("q.sock");
+        let node = json!({"driver": "throttle", "node-name": "thr", "throttle-group": "tg0",
+            "file": {"driver": "null-co", "size": 1048576}})
+        .to_string();
+        let args: Vec<String> = vec![
+            "--object".into(),
+            "throttle-group,id=tg0".into(),
+            "--blockdev".into(),
+            node,
+            "--chardev".into(),
+            format!("socket,path={},server=on,wait=off,id=c", sock.display()),
+            "--monitor".into(),
+            "chardev=c".into(),
+        ];
+        let vm = spawn(&p, &args, dir);
+        let mut c = Client::connect(&sock);
+        c.negotiate();
+        let (_, r) = c.cmd(json!({"execute": "object-del", "arguments": {"id": "tg0"}}));
+        assert_eq!(
+            r["error"]["desc"], "object 'tg0' is in use, can not be deleted",
+            "{}: {r}",
+            vm.label
+        );
+        let (_, r) = c.cmd(json!({"execute": "blockdev-del", "arguments": {"node-name": "thr"}}));
+        assert_eq!(r["return"], json!({}), "{}: {r}", vm.label);
+        let (_, r) = c.cmd(json!({"execute": "object-del", "arguments": {"id": "tg0"}}));
+        assert_eq!(r["return"], json!({}), "{}: {r}", vm.label);
+    }
+}

@@ -32,7 +32,11 @@ fn find(ctx: &Context<'_>, node: NodeId, name: &str) -> Result<usize, QmpError> 
     ctx.machine
         .graph()
         .node(node)
-        .and_then(|n| n.bitmaps.iter().position(|b| b.name == name))
+        .and_then(|n| {
+            n.bitmaps
+                .iter()
+                .position(|b| b.name.as_deref() == Some(name))
+        })
         .ok_or_else(|| not_found(name))
 }
 
@@ -90,7 +94,10 @@ impl BitmapAdd {
                 n.name
             )));
         }
-        if n.bitmaps.iter().any(|b| b.name == self.name) {
+        if n.bitmaps
+            .iter()
+            .any(|b| b.name.as_deref() == Some(self.name.as_str()))
+        {
             return Err(QmpError::generic(format!(
                 "Bitmap already exists: {}",
                 self.name
@@ -98,10 +105,12 @@ impl BitmapAdd {
         }
         if let Some(n) = ctx.machine.graph_mut().node_mut(id) {
             n.bitmaps.push(Bitmap {
-                name: self.name,
+                name: Some(self.name),
                 granularity,
                 persistent: self.persistent,
                 recording: !self.disabled,
+                count: 0,
+                owner: None,
             });
         }
         Ok(QObject::Dict(QDict::new()))

@@ -1,14 +1,16 @@
 //! Node management: `blockdev-add`, `blockdev-del`, `query-named-block-nodes`.
 //!
-//! Drivers so far: `null-co`, `null-aio`. Other drivers answer with the
-//! explicit not-implemented error naming the driver; images on disk, chains
-//! and the other drivers come with the rest of the graph issue.
+//! Drivers: `file`, `raw`, `qcow2`, `null-co`, `null-aio`, the filters
+//! `throttle`, `copy-on-read`, `copy-before-write`, `blkdebug`, and
+//! `snapshot-access`. Other drivers answer with the explicit
+//! not-implemented error naming the driver.
 
 use super::desc;
 use super::{not_implemented, Context, Return};
 use crate::model::graph::{
-    Cache, Graph, NewNode, Node, NodeId, PERM_READ, PERM_RESIZE, PERM_WRITE,
+    Bitmap, Cache, Graph, NewNode, Node, NodeId, PERM_READ, PERM_RESIZE, PERM_WRITE,
 };
+use crate::profile::Version;
 use crate::qmp::error::QmpError;
 use crate::qmp::json::{to_json, to_json_with};
 use crate::qmp::qobject::{QDict, QNum, QObject};
@@ -94,6 +96,140 @@ impl Opener<'_, '_> {
         }
     }
 
+    /// `bdrv_assign_node_name()`'s checks, made when QEMU makes them
+    /// (after the `file` child opened, before the driver's own work).
+    fn check_name(&self, name: Option<&str>) -> Result<(), QmpError> {
+        if let Some(n) = name {
+            let v = self.ctx.profile.version();
+            self.ctx
+                .machine
+                .graph()
+                .check_new_name(n)
+                .map_err(|e| desc::graph_error(v, &e))?;
+        }
+        Ok(())
+    }
+
+    /// A filter over its `file` child (`throttle`, `copy-on-read`,
+    /// `copy-before-write`) or `snapshot-access`: the child first, then
+    /// the name, then what the driver's open checks.
+    fn open_filter(
+        &mut self,
+        a: &QDict,
+        name: Option<String>,
+        mut node: Node,
+    ) -> Result<NodeId, QmpError> {
+        let Some(file_def) = a.get("file") else {
+            return Err(QmpError::generic("Parameter 'file' is missing"));
+        };
+        let file = self.child(file_def, node.read_only)?;
+        self.check_name(name.as_deref())?;
+        node.size = self.ctx.machine.graph().node(file).map_or(0, |f| f.size);
+        node.strong_options.put("driver", node.driver.clone());
+        node.children.push(("file".into(), file));
+        let mut target = None;
+        match node.driver.as_str() {
+            "throttle" => {
+                let group = a.get_str("throttle-group").unwrap_or_default();
+                let known = self
+                    .ctx
+                    .machine
+                    .objects()
+                    .get(group)
+                    .is_some_and(|o| o.qom_type == "throttle-group");
+                if !known {
+                    return Err(QmpError::generic(format!(
+                        "Throttle group '{group}' does not exist"
+                    )));
+                }
+                node.strong_options.put("throttle-group", group);
+            }
+            "copy-before-write" => {
+                let def = a.get("target").cloned().unwrap_or(QObject::Null);
+                let t = self.child(&def, false)?;
+                node.children.push(("target".into(), t));
+                target = Some(t);
+            }
+            _ => {}
+        }
+        let id = self.insert(name, node)?;
+        if let Some(t) = target {
+            self.copy_before_write_bitmaps(id, file, t);
+        }
+        Ok(id)
+    }
+
+    /// The anonymous bitmaps a `copy-before-write` node makes: block-copy's
+    /// copy bitmap (every cluster still to copy; on the source child
+    /// before 8.0, on the filter since), then the filter's done and access
+    /// bitmaps. Cluster size: the target's, at least 64 KiB.
+    fn copy_before_write_bitmaps(&mut self, cbw: NodeId, source: NodeId, target: NodeId) {
+        let graph = self.ctx.machine.graph();
+        let size = graph.node(cbw).map_or(0, |n| n.size);
+        let target_cluster = graph
+            .node(target)
+            .and_then(|t| t.qcow2.as_ref())
+            .map_or(0, |q| q.cluster_size);
+        let granularity = target_cluster.max(1 << 16);
+        let full = size.div_ceil(granularity) * granularity;
+        let anonymous = |count| Bitmap {
+            name: None,
+            granularity,
+            persistent: false,
+            recording: false,
+            count,
+            owner: Some(cbw),
+        };
+        let copy_on = if self.ctx.profile.version() <= Version::V7_2 {
+            source
+        } else {
+            cbw
+        };
+        let graph = self.ctx.machine.graph_mut();
+        if let Some(n) = graph.node_mut(copy_on) {
+            n.bitmaps.push(anonymous(full));
+        }
+        if let Some(n) = graph.node_mut(cbw) {
+            n.bitmaps.push(anonymous(0));
+            n.bitmaps.push(anonymous(full));
+        }
+    }
+
+    /// `blkdebug`: its name, then its `image` child; its rules and limits
+    /// are strong options (flattened as QEMU keeps them).
+    fn open_blkdebug(
+        &mut self,
+        a: &QDict,
+        name: Option<String>,
+        mut node: Node,
+    ) -> Result<NodeId, QmpError> {
+        let Some(image_def) = a.get("image") else {
+            return Err(QmpError::generic("Parameter 'image' is missing"));
+        };
+        let mut strong = QDict::new();
+        strong.put("driver", "blkdebug");
+        for (k, v) in a.iter_inserted() {
+            match k {
+                "config" | "align" | "max-transfer" | "opt-write-zero" | "max-write-zero"
+                | "opt-discard" | "max-discard" => strong.put(k, v.clone()),
+                "inject-error" | "set-state" => flatten(&mut strong, k, v),
+                _ => {}
+            }
+        }
+        node.strong_options = strong;
+        let read_only = node.read_only;
+        // Named (listed) before blkdebug_open() opens the image.
+        let id = self.insert(name, node)?;
+        let image = self.child(image_def, read_only)?;
+        let size = self.ctx.machine.graph().node(image).map_or(0, |f| f.size);
+        let graph = self.ctx.machine.graph_mut();
+        if let Some(n) = graph.node_mut(id) {
+            n.size = size;
+        }
+        graph.attach(id, "image", image);
+        Ok(id)
+    }
+
     fn insert(&mut self, name: Option<String>, node: Node) -> Result<NodeId, QmpError> {
         let v = self.ctx.profile.version();
         let id = self
@@ -143,6 +279,10 @@ impl Opener<'_, '_> {
                 node = null_node(node, a);
                 self.insert(name, node)
             }
+            "throttle" | "copy-on-read" | "copy-before-write" | "snapshot-access" => {
+                self.open_filter(a, name, node)
+            }
+            "blkdebug" => self.open_blkdebug(a, name, node),
             "file" => {
                 let filename = a
                     .get("filename")
@@ -163,12 +303,16 @@ impl Opener<'_, '_> {
                     return Err(self.unsupported(&driver));
                 };
                 let file = self.child(file_def, node.read_only)?;
-                let facts = self
-                    .ctx
-                    .machine
-                    .graph()
-                    .node(file)
-                    .and_then(|f| f.file.clone());
+                // The image is read through filters (blkdebug's `image`).
+                let graph = self.ctx.machine.graph();
+                let mut protocol = file;
+                while let Some(n) = graph.node(protocol).filter(|n| n.file.is_none()) {
+                    match n.children.iter().find(|(r, _)| r == "file" || r == "image") {
+                        Some((_, c)) if is_filter(&n.driver) => protocol = *c,
+                        _ => break,
+                    }
+                }
+                let facts = graph.node(protocol).and_then(|f| f.file.clone());
                 if driver == "raw" {
                     node.size = facts.as_ref().map_or(0, |f| f.size.div_ceil(512) * 512);
                     node.children.push(("file".into(), file));
@@ -189,7 +333,7 @@ impl Opener<'_, '_> {
                 // Attaching the file child takes its locks: a metadata child
                 // is not shared for writing, and written when writable.
                 let graph = self.ctx.machine.graph();
-                let mut want = graph.locks(file);
+                let mut want = graph.locks(protocol);
                 want.perm |= PERM_READ
                     | if node.read_only {
                         0
@@ -197,7 +341,7 @@ impl Opener<'_, '_> {
                         PERM_WRITE | PERM_RESIZE
                     };
                 want.unshared |= PERM_WRITE | PERM_RESIZE;
-                if let Some(msg) = graph.lock_conflict(file, want) {
+                if let Some(msg) = graph.lock_conflict(protocol, want) {
                     return Err(QmpError::generic(msg));
                 }
                 let header = self
@@ -251,6 +395,23 @@ impl Opener<'_, '_> {
         def.put("file", file);
         self.open(&def, true, false)
             .map_err(|e| QmpError::new(e.class, format!("Could not open backing file: {}", e.desc)))
+    }
+}
+
+/// `qdict_flatten()` of one option: `key.0.member` for lists of dicts.
+fn flatten(out: &mut QDict, prefix: &str, v: &QObject) {
+    match v {
+        QObject::Dict(d) => {
+            for (k, v) in d.iter_inserted() {
+                flatten(out, &format!("{prefix}.{k}"), v);
+            }
+        }
+        QObject::List(l) => {
+            for (i, v) in l.iter().enumerate() {
+                flatten(out, &format!("{prefix}.{i}"), v);
+            }
+        }
+        _ => out.put(prefix, v.clone()),
     }
 }
 
@@ -411,41 +572,142 @@ impl QueryNamedBlockNodes {
     }
 }
 
-/// The node's file name as QEMU reports it: a file's own name, a format
-/// node's file child's name, else a `json:{…}` pseudo-protocol name built
-/// from the node's strong options.
-pub(super) fn filename(graph: &Graph, node: &Node) -> String {
-    if let Some(f) = &node.file {
-        return f.filename.clone();
-    }
-    if let Some(child) = node
-        .children
-        .iter()
-        .find(|(r, _)| r == "file")
-        .and_then(|(_, c)| graph.node(*c))
-    {
-        return filename(graph, child);
-    }
-    // Only the driver: the protocol's own name (bdrv_refresh_filename).
-    if node.strong_options.len() <= 1 {
-        return format!("{}://", node.driver);
-    }
-    format!(
-        "json:{}",
-        to_json(&QObject::Dict(node.strong_options.clone()))
+/// Drivers QEMU marks `is_filter`: they pass their `file` child's data
+/// (and its `get_info`) through.
+fn is_filter(driver: &str) -> bool {
+    matches!(
+        driver,
+        "throttle" | "copy-on-read" | "copy-before-write" | "blkdebug"
     )
 }
 
-/// Bytes the node's file occupies on disk (`bdrv_get_allocated_file_size`).
-fn allocated(graph: &Graph, node: &Node) -> u64 {
-    if let Some(f) = &node.file {
-        return f.allocated;
-    }
+/// Drivers with a `protocol_name`, whose exact file name a format node on
+/// top may take over.
+fn is_protocol(driver: &str) -> bool {
+    matches!(driver, "file" | "null-co" | "null-aio" | "blkdebug")
+}
+
+/// The primary child (`file`, or blkdebug's `image`).
+fn file_child<'g>(graph: &'g Graph, node: &Node) -> Option<&'g Node> {
     node.children
         .iter()
-        .find(|(r, _)| r == "file")
+        .find(|(r, _)| r == "file" || r == "image")
         .and_then(|(_, c)| graph.node(*c))
-        .map_or(0, |c| allocated(graph, c))
+}
+
+/// `bdrv_backing_overridden()`: the backing child is not the one the image
+/// header names (given explicitly to another node, or cut with `null`).
+fn backing_overridden(graph: &Graph, node: &Node) -> bool {
+    let header = node.qcow2.as_ref().and_then(|q| q.full_backing.as_deref());
+    let backing = node
+        .children
+        .iter()
+        .find(|(r, _)| r == "backing")
+        .and_then(|(_, c)| graph.node(*c));
+    match (header, backing) {
+        (None, None) => false,
+        (Some(h), Some(b)) => filename(graph, b) != h,
+        _ => true,
+    }
+}
+
+/// `bs->exact_filename` after `bdrv_refresh_filename()`: the name that
+/// reopens exactly this node, if a plain one does.
+fn exact_filename(graph: &Graph, node: &Node) -> Option<String> {
+    if let Some(f) = &node.file {
+        return Some(f.filename.clone());
+    }
+    match node.driver.as_str() {
+        // null_refresh_filename(): no option but the driver (recorded:
+        // `read-zeroes` alone gives a json: name).
+        "null-co" | "null-aio" => node
+            .strong_options
+            .iter()
+            .all(|(k, _)| matches!(k, "driver" | "filename"))
+            .then(|| format!("{}://", node.driver)),
+        // cbw and snapshot-access name themselves after their file child.
+        "copy-before-write" | "snapshot-access" => {
+            file_child(graph, node).map(|c| filename(graph, c))
+        }
+        d if is_filter(d) || is_protocol(d) => None,
+        _ => {
+            let child = file_child(graph, node)?;
+            let own_strong = node.strong_options.iter().any(|(k, _)| k != "driver");
+            if !is_protocol(&child.driver) || own_strong || backing_overridden(graph, node) {
+                return None;
+            }
+            exact_filename(graph, child)
+        }
+    }
+}
+
+/// `bs->full_open_options`: the node's strong options and its children's
+/// (the backing child only when overridden), for `json:` names.
+fn full_open_options(graph: &Graph, node: &Node) -> QDict {
+    let mut d = QDict::new();
+    if let Some(f) = &node.file {
+        d.put("driver", "file");
+        d.put("filename", f.filename.clone());
+        return d;
+    }
+    for (k, v) in node.strong_options.iter_inserted() {
+        d.put(k, v.clone());
+    }
+    if d.get("driver").is_none() {
+        d.put("driver", node.driver.clone());
+    }
+    let overridden = backing_overridden(graph, node);
+    // bs->children lists the newest child first.
+    for (role, c) in node.children.iter().rev() {
+        if role == "backing" && !overridden {
+            continue;
+        }
+        if let Some(child) = graph.node(*c) {
+            d.put(role.clone(), full_open_options(graph, child));
+        }
+    }
+    if overridden && !node.children.iter().any(|(r, _)| r == "backing") {
+        d.put("backing", QObject::Null);
+    }
+    d
+}
+
+/// The node's file name as QEMU reports it: its exact name when one
+/// reopens it, else a `json:{…}` pseudo-protocol name of its options.
+pub(super) fn filename(graph: &Graph, node: &Node) -> String {
+    exact_filename(graph, node).unwrap_or_else(|| {
+        format!(
+            "json:{}",
+            to_json(&QObject::Dict(full_open_options(graph, node)))
+        )
+    })
+}
+
+/// Bytes the node's file occupies on disk (`bdrv_get_allocated_file_size`):
+/// a protocol driver's own answer (none from `blkdebug`), a filter's
+/// child's, a format's `file` child's.
+fn allocated(graph: &Graph, node: &Node) -> Option<u64> {
+    if let Some(f) = &node.file {
+        return Some(f.allocated);
+    }
+    match node.driver.as_str() {
+        "null-co" | "null-aio" => Some(0),
+        "blkdebug" => None,
+        _ => file_child(graph, node).map_or(Some(0), |c| allocated(graph, c)),
+    }
+}
+
+/// What `bdrv_get_info()` gives: (cluster size, dirty flag), passed
+/// through filters; `None` where the driver has no `get_info`.
+fn get_info(graph: &Graph, node: &Node) -> Option<(Option<u64>, bool)> {
+    if let Some(q) = &node.qcow2 {
+        return Some((Some(q.cluster_size), q.dirty));
+    }
+    match node.driver.as_str() {
+        "null-co" | "null-aio" | "snapshot-access" => None,
+        d if is_filter(d) => file_child(graph, node).and_then(|c| get_info(graph, c)),
+        _ => Some((None, false)),
+    }
 }
 
 /// `ImageInfo`, with `backing-image` nested when `nested`.
@@ -455,16 +717,19 @@ fn image_info(graph: &Graph, id: NodeId, nested: bool) -> Option<QDict> {
     image.put("filename", filename(graph, node));
     image.put("format", node.driver.clone());
     image.put("virtual-size", node.size);
-    image.put("actual-size", allocated(graph, node));
-    if node.driver != "null-co" && node.driver != "null-aio" {
-        image.put("dirty-flag", false);
+    if let Some(a) = allocated(graph, node) {
+        image.put("actual-size", a);
+    }
+    if let Some((cluster, dirty)) = get_info(graph, node) {
+        if let Some(c) = cluster {
+            image.put("cluster-size", c);
+        }
+        image.put("dirty-flag", dirty);
     }
     if node.file.is_some() {
         image.put("format-specific", specific("file", QDict::new()));
     }
     if let Some(q) = &node.qcow2 {
-        image.put("cluster-size", q.cluster_size);
-        image.put("dirty-flag", q.dirty);
         let mut data = QDict::new();
         data.put("compat", if q.version >= 3 { "1.1" } else { "0.10" });
         if q.version >= 3 {
@@ -553,14 +818,16 @@ fn node_info(ctx: &Context<'_>, id: NodeId, flat: bool) -> Result<QDict, QmpErro
             .rev()
             .map(|b| {
                 let mut m = QDict::new();
-                m.put("name", b.name.clone());
+                if let Some(n) = &b.name {
+                    m.put("name", n.clone());
+                }
                 m.put("recording", b.recording);
                 m.put("persistent", b.persistent);
                 m.put("busy", false);
                 // Dropped from the schema after 5.2; the projection decides.
                 m.put("status", if b.recording { "active" } else { "disabled" });
                 m.put("granularity", b.granularity);
-                m.put("count", 0i64);
+                m.put("count", b.count);
                 QObject::Dict(m)
             })
             .collect();

@@ -13,6 +13,7 @@ mod desc;
 mod exports;
 mod jobs;
 mod mirror;
+mod objects;
 mod snapshot;
 mod stream;
 mod system;
@@ -99,6 +100,8 @@ pub fn execute(
         "block-export-del" => exports::BlockExportDel::new(&dict(&args), false).apply(ctx),
         "nbd-server-remove" => exports::BlockExportDel::new(&dict(&args), true).apply(ctx),
         "query-block-exports" => exports::QueryBlockExports.apply(ctx),
+        "object-add" => objects::ObjectAdd::new(&dict(&args)).apply(ctx),
+        "object-del" => objects::ObjectDel::new(&dict(&args)).apply(ctx),
         "block-dirty-bitmap-add" => bitmaps::BitmapAdd::new(&dict(&args)).apply(ctx),
         "block-dirty-bitmap-remove"
         | "block-dirty-bitmap-clear"

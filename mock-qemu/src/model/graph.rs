@@ -69,14 +69,18 @@ pub struct Qcow2Facts {
 /// A dirty bitmap of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bitmap {
-    /// Its name.
-    pub name: String,
+    /// Its name (`None`: an anonymous bitmap a driver or job made).
+    pub name: Option<String>,
     /// Bytes per bit.
     pub granularity: u64,
     /// Stored in the image (qcow2) when the node closes.
     pub persistent: bool,
     /// Records writes (enabled).
     pub recording: bool,
+    /// Dirty bytes (whole granules).
+    pub count: u64,
+    /// The node whose driver made this anonymous bitmap (it goes with it).
+    pub owner: Option<NodeId>,
 }
 
 /// One block driver state (`BlockDriverState`).
@@ -456,6 +460,9 @@ impl Graph {
         let Some(node) = self.nodes.remove(&id) else {
             return;
         };
+        for n in self.nodes.values_mut() {
+            n.bitmaps.retain(|b| b.owner != Some(id));
+        }
         for (_, child) in node.children {
             let held = self.parent_of(child).is_some();
             let owned = self.nodes.get(&child).is_some_and(|c| c.monitor_owned);

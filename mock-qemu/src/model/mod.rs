@@ -8,6 +8,7 @@ pub mod clock;
 pub mod exports;
 pub mod graph;
 pub mod jobs;
+pub mod objects;
 
 use clock::{VirtualClock, VirtualTime};
 use graph::Graph;
@@ -150,6 +151,7 @@ pub struct Machine {
     /// Bumped by every mutable access to the graph (reply caches key on it).
     graph_generation: u64,
     exports: exports::Exports,
+    objects: objects::Objects,
     run_state: RunState,
     quit_requested: bool,
     outbox: Vec<Stamped>,
@@ -169,6 +171,7 @@ impl Machine {
             graph: Graph::new(),
             graph_generation: 0,
             exports: exports::Exports::default(),
+            objects: objects::Objects::default(),
             run_state: if start_paused {
                 RunState::Prelaunch
             } else {
@@ -183,6 +186,16 @@ impl Machine {
     /// The virtual clock.
     pub fn clock(&self) -> &VirtualClock {
         &self.clock
+    }
+
+    /// User-created objects.
+    pub fn objects(&self) -> &objects::Objects {
+        &self.objects
+    }
+
+    /// User-created objects, to add or remove.
+    pub fn objects_mut(&mut self) -> &mut objects::Objects {
+        &mut self.objects
     }
 
     /// Moves virtual time forward.
