@@ -64,6 +64,14 @@ pub trait HostIo: Debug + Send {
         filename: &str,
         backing: Option<(&str, &str)>,
     ) -> Result<(), ImageError>;
+    /// Creates (or truncates) a plain file (`blockdev-create` of `file`).
+    /// Without a real disk nothing can be created.
+    fn create_file(&mut self, filename: &str, _size: u64) -> Result<(), ImageError> {
+        Err(ImageError::Create {
+            path: filename.to_owned(),
+            reason: "Permission denied".into(),
+        })
+    }
     /// Starts listening; `Err` holds QEMU's error text.
     fn nbd_start(&mut self, addr: &NbdListen, max_connections: u32) -> Result<(), String>;
     /// Stops listening and drops clients.
@@ -147,6 +155,9 @@ impl HostIo for RealHostIo {
         backing: Option<(&str, &str)>,
     ) -> Result<(), ImageError> {
         image::set_qcow2_backing(filename, backing)
+    }
+    fn create_file(&mut self, filename: &str, size: u64) -> Result<(), ImageError> {
+        image::create_file(filename, size)
     }
     fn nbd_start(&mut self, addr: &NbdListen, max: u32) -> Result<(), String> {
         let (a, shown) = match addr {

@@ -21,6 +21,14 @@ pub enum ImageError {
         /// `strerror` text.
         reason: String,
     },
+    /// creat() failed (`blockdev-create` of a `file`).
+    #[error("Could not create '{path}': {reason}")]
+    Create {
+        /// The filename as given.
+        path: String,
+        /// `strerror` text.
+        reason: String,
+    },
     /// The file is not a qcow2 image (bad magic).
     #[error("Image is not in qcow2 format")]
     NotQcow2,
@@ -29,30 +37,115 @@ pub enum ImageError {
     BadQcow2(String),
 }
 
-/// Creates an empty qcow2 image (QEMU's defaults: v3, 64 KiB clusters,
-/// 16-bit refcounts) with an optional backing file and format in its header.
+/// Creates (or truncates) a plain file of `size` bytes, as the `file`
+/// driver's `blockdev-create` does without preallocation.
+pub fn create_file(filename: &str, size: u64) -> Result<(), ImageError> {
+    let err = |e: std::io::Error| ImageError::Create {
+        path: filename.to_owned(),
+        reason: strerror(&e),
+    };
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(filename)
+        .map_err(err)?;
+    f.set_len(size).map_err(err)
+}
+
+/// The feature name table QEMU writes into every image it creates
+/// (type, bit, name).
+const FEATURE_NAMES: [(u8, u8, &str); 8] = [
+    (0, 0, "dirty bit"),
+    (0, 1, "corrupt bit"),
+    (0, 2, "external data file"),
+    (0, 3, "compression type"),
+    (0, 4, "extended L2 entries"),
+    (1, 0, "lazy refcounts"),
+    (2, 0, "bitmaps"),
+    (2, 1, "raw external data"),
+];
+const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
+
+/// Creates an empty qcow2 image laid out as QEMU's `qcow2_co_create()`
+/// lays it out (v3, 64 KiB clusters, 16-bit refcounts): header cluster,
+/// refcount table, refcount block, then the L1 table grown to `size`, so
+/// the file has QEMU's length (196,616 bytes for 1 MiB), which management
+/// tools see as the file node's size. imago writes a valid image with
+/// another layout; tests open ours with imago and `qemu-img check`.
 pub fn create_qcow2(
     filename: &str,
     size: u64,
     backing: Option<(&str, &str)>,
 ) -> Result<(), ImageError> {
-    use imago::{FormatCreateBuilder, Storage, StorageCreateOptions};
+    use std::io::Write;
+    const CLUSTER: u64 = 1 << 16;
     let err = |e: std::io::Error| ImageError::Open {
         path: filename.to_owned(),
         reason: strerror(&e),
     };
-    let file = imago::file::File::create_open(
-        StorageCreateOptions::new()
-            .filename(filename)
-            .size(0)
-            .overwrite(true),
-    )
-    .map_err(err)?;
-    let mut b = imago::qcow2::Qcow2::<imago::file::File>::create_builder(file).size(size);
-    if let Some((name, format)) = backing {
-        b = b.backing(name.to_owned(), format.to_owned());
+    // One L2 table maps cluster/8 clusters.
+    let l1_size = size.div_ceil(CLUSTER * (CLUSTER / 8));
+    let l1_bytes = l1_size * 8;
+    let l1_clusters = l1_bytes.div_ceil(CLUSTER);
+    let l1_offset = if l1_size > 0 { 3 * CLUSTER } else { 0 };
+    let mut exts = Vec::new();
+    // qcow2_update_header() order: backing format, feature table, end.
+    if let Some((_, format)) = backing {
+        exts.extend_from_slice(&EXT_BACKING_FORMAT.to_be_bytes());
+        exts.extend_from_slice(&(format.len() as u32).to_be_bytes());
+        exts.extend_from_slice(format.as_bytes());
+        exts.resize(exts.len().div_ceil(8) * 8, 0);
     }
-    b.create().map_err(err)
+    exts.extend_from_slice(&EXT_FEATURE_TABLE.to_be_bytes());
+    exts.extend_from_slice(&((FEATURE_NAMES.len() * 48) as u32).to_be_bytes());
+    for (kind, bit, name) in FEATURE_NAMES {
+        let mut entry = [0u8; 48];
+        entry[0] = kind;
+        entry[1] = bit;
+        entry[2..2 + name.len()].copy_from_slice(name.as_bytes());
+        exts.extend_from_slice(&entry);
+    }
+    exts.extend_from_slice(&[0u8; 8]);
+    let header_len: usize = 112;
+    let name = backing.map_or(&[][..], |(n, _)| n.as_bytes());
+    let name_at = header_len + exts.len();
+    if name_at + name.len() > CLUSTER as usize {
+        return Err(ImageError::BadQcow2("Backing file name too long".into()));
+    }
+    let mut img = vec![0u8; (3 * CLUSTER) as usize];
+    let put32 = |b: &mut [u8], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    let put64 = |b: &mut [u8], at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+    img[0..4].copy_from_slice(b"QFI\xfb");
+    put32(&mut img, 4, 3);
+    if backing.is_some() {
+        put64(&mut img, 8, name_at as u64);
+        put32(&mut img, 16, name.len() as u32);
+    }
+    put32(&mut img, 20, 16);
+    put64(&mut img, 24, size);
+    put32(&mut img, 36, l1_size as u32);
+    put64(&mut img, 40, l1_offset);
+    put64(&mut img, 48, CLUSTER);
+    put32(&mut img, 56, 1);
+    put32(&mut img, 96, 4);
+    put32(&mut img, 100, header_len as u32);
+    img[header_len..name_at].copy_from_slice(&exts);
+    img[name_at..name_at + name.len()].copy_from_slice(name);
+    // Refcount table: one block at cluster 2, counting every cluster used.
+    put64(&mut img, CLUSTER as usize, 2 * CLUSTER);
+    for c in 0..3 + l1_clusters as usize {
+        img[(2 * CLUSTER) as usize + 2 * c + 1] = 1;
+    }
+    // The L1 table (all zero) ends the file.
+    img.resize(img.len() + l1_bytes as usize, 0);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(filename)
+        .map_err(err)?;
+    f.write_all(&img).map_err(err)
 }
 
 /// Rewrites the backing file name and the backing-format extension of a
@@ -84,8 +177,16 @@ pub fn set_qcow2_backing(filename: &str, backing: Option<(&str, &str)>) -> Resul
             "qcow2 header length {header_len} is invalid"
         )));
     }
-    // Keep every extension but the backing format; then ours; then the end.
+    // The backing format first (qcow2_update_header()'s order), then every
+    // other extension kept, then the end.
     let mut exts: Vec<u8> = Vec::new();
+    if let Some((_, format)) = backing {
+        let padded = format.len().div_ceil(8) * 8;
+        exts.extend_from_slice(&EXT_BACKING_FORMAT.to_be_bytes());
+        exts.extend_from_slice(&(format.len() as u32).to_be_bytes());
+        exts.extend_from_slice(format.as_bytes());
+        exts.resize(exts.len() + padded - format.len(), 0);
+    }
     let mut at = header_len;
     while at + 8 <= cluster {
         let (magic, len) = (be32(&buf, at), be32(&buf, at + 4) as usize);
@@ -97,13 +198,6 @@ pub fn set_qcow2_backing(filename: &str, backing: Option<(&str, &str)>) -> Resul
             exts.extend_from_slice(&buf[at..at + 8 + padded]);
         }
         at += 8 + padded;
-    }
-    if let Some((_, format)) = backing {
-        let padded = format.len().div_ceil(8) * 8;
-        exts.extend_from_slice(&EXT_BACKING_FORMAT.to_be_bytes());
-        exts.extend_from_slice(&(format.len() as u32).to_be_bytes());
-        exts.extend_from_slice(format.as_bytes());
-        exts.resize(exts.len() + padded - format.len(), 0);
     }
     exts.extend_from_slice(&[0u8; 8]);
     let name = backing.map_or(&[][..], |(n, _)| n.as_bytes());
@@ -283,6 +377,54 @@ pub fn parse_qcow2(buf: &[u8], path: &Path) -> Result<Qcow2Facts, ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Byte for byte what `qemu-img create -f qcow2` writes, for images
+    /// with and without a backing file, and of a size whose L1 table
+    /// spans clusters; and readable by imago (an independent reader).
+    #[test]
+    fn created_images_are_qemus_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        type Case<'a> = (&'a str, u64, Option<(&'a str, &'a str)>);
+        let cases: [Case; 3] = [
+            ("plain", 1 << 20, None),
+            ("overlay", 1 << 20, Some(("/base/image.qcow2", "qcow2"))),
+            ("huge", 5 << 40, Some(("b.raw", "raw"))),
+        ];
+        for (name, size, backing) in cases {
+            let ours = dir.path().join(format!("{name}.mine"));
+            let ours_s = ours.display().to_string();
+            create_qcow2(&ours_s, size, backing).unwrap();
+            let facts = read_qcow2(&ours_s).unwrap();
+            assert_eq!(facts.size, size);
+            assert_eq!(facts.backing_file.as_deref(), backing.map(|b| b.0));
+            assert_eq!(facts.backing_format.as_deref(), backing.map(|b| b.1));
+            {
+                use imago::{Storage, StorageOpenOptions};
+                let file =
+                    imago::file::File::open(StorageOpenOptions::new().filename(&ours_s)).unwrap();
+                let q = imago::qcow2::Qcow2::<imago::file::File>::open_image(file, false).unwrap();
+                assert_eq!(imago::FormatAccess::new(q).size(), size);
+            }
+            let theirs = dir.path().join(format!("{name}.qemu"));
+            let mut cmd = std::process::Command::new("qemu-img");
+            cmd.args(["create", "-q", "-f", "qcow2", "-u"]);
+            if let Some((b, f)) = backing {
+                cmd.args(["-b", b, "-F", f]);
+            }
+            cmd.arg(&theirs).arg(size.to_string());
+            match cmd.status() {
+                Ok(s) if s.success() => {
+                    let (a, b) = (
+                        std::fs::read(&ours).unwrap(),
+                        std::fs::read(&theirs).unwrap(),
+                    );
+                    assert_eq!(a.len(), b.len(), "{name}: file length");
+                    assert!(a == b, "{name}: bytes differ from qemu-img's");
+                }
+                _ => eprintln!("qemu-img not available: layout compared by length only"),
+            }
+        }
+    }
 
     fn header(version: u32, backing_offset: u64, backing_len: u32) -> Vec<u8> {
         let mut b = vec![0u8; 512];

@@ -915,3 +915,75 @@ fn object_on_the_command_line_is_created_before_the_blockdevs_that_use_it() {
         assert_eq!(r["return"], json!({}), "{}: {r}", vm.label);
     }
 }
+
+#[test]
+fn blockdev_create_writes_the_images_qemu_writes() {
+    let mut seen: Vec<(String, Vec<Value>, Vec<u8>)> = vec![];
+    for p in programs(Flavor::Qsd) {
+        let (vm, sock) = qsd(&p);
+        let (base, new) = (vm.path("base.qcow2"), vm.path("new.qcow2"));
+        let s = |p: &PathBuf| p.display().to_string();
+        assert!(
+            run_tool(
+                "qemu-img",
+                &["create", "-q", "-f", "qcow2", &s(&base), "1M"]
+            )
+            .0
+        );
+        let mut c = Client::connect(&sock);
+        c.negotiate();
+        let create = |c: &mut Client, id: &str, options: Value| {
+            let (_, r) = c.cmd(json!({"execute": "blockdev-create",
+                "arguments": {"job-id": id, "options": options}}));
+            assert_eq!(r, json!({"return": {}}), "{}", p.label);
+            loop {
+                let ev = c.line();
+                if ev["event"] == "JOB_STATUS_CHANGE" && ev["data"]["status"] == "concluded" {
+                    break;
+                }
+            }
+            let (_, r) = c.cmd(json!({"execute": "job-dismiss", "arguments": {"id": id}}));
+            assert_eq!(r, json!({"return": {}}), "{}", p.label);
+        };
+        create(
+            &mut c,
+            "c1",
+            json!({"driver": "file", "filename": new, "size": 0}),
+        );
+        let (_, r) = c.cmd(
+            json!({"execute": "blockdev-add", "arguments": {"driver": "file",
+            "node-name": "new-file", "filename": new}}),
+        );
+        assert_eq!(r, json!({"return": {}}), "{}", p.label);
+        create(
+            &mut c,
+            "c2",
+            json!({"driver": "qcow2", "file": "new-file", "size": 1048576,
+                "backing-file": base, "backing-fmt": "qcow2"}),
+        );
+        let (_, r) =
+            c.cmd(json!({"execute": "blockdev-del", "arguments": {"node-name": "new-file"}}));
+        assert_eq!(r, json!({"return": {}}), "{}", p.label);
+        assert!(run_tool("qemu-img", &["check", &s(&new)]).0, "{}", p.label);
+        let info = chain_info_in(&new, vm.dir.path());
+        assert_eq!(info.len(), 2, "{}: {info:?}", p.label);
+        assert_eq!(
+            info[0]["backing-filename"], "<dir>/base.qcow2",
+            "{}",
+            p.label
+        );
+        let mut bytes = std::fs::read(&new).unwrap();
+        // The backing name holds the work folder; compare the rest.
+        let dir = vm.dir.path().display().to_string();
+        if let Some(at) = bytes.windows(dir.len()).position(|w| w == dir.as_bytes()) {
+            bytes.drain(at..at + dir.len());
+        }
+        seen.push((p.label.clone(), info, bytes));
+    }
+    assert_eq!(seen.len(), programs(Flavor::Qsd).len());
+    if let [(m, a, x), (r, b, y)] = &seen[..] {
+        assert_eq!(a, b, "qemu-img info of {m} and {r} differ");
+        assert_eq!(x.len(), y.len(), "file lengths of {m} and {r} differ");
+        assert!(x == y, "the image {m} wrote differs from {r}'s");
+    }
+}

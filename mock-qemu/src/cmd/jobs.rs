@@ -130,7 +130,12 @@ impl JobVerb {
     }
 
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
-        let Some(job) = ctx.machine.job(&self.target).cloned() else {
+        let found = ctx
+            .machine
+            .job(&self.target)
+            .filter(|j| self.family == Family::Job || j.kind.is_block_job())
+            .cloned();
+        let Some(job) = found else {
             return Err(match self.family {
                 Family::Job => QmpError::generic("Job not found"),
                 Family::BlockJob => QmpError::new(
@@ -283,6 +288,7 @@ impl QueryJobs {
         let list = ctx
             .machine
             .jobs_newest_first()
+            .filter(|j| !block || j.kind.is_block_job())
             .map(|j| {
                 let mut d = QDict::new();
                 if block {

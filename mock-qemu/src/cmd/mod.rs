@@ -9,6 +9,7 @@ mod bitmaps;
 mod blockdev;
 mod commit;
 mod control;
+mod create;
 mod desc;
 mod exports;
 mod jobs;
@@ -110,6 +111,7 @@ pub fn execute(
         "block-dirty-bitmap-merge" => bitmaps::BitmapMerge::new(&dict(&args)).apply(ctx),
         "transaction" => transaction::Transaction::new(&dict(&args)).apply(ctx),
         "block-commit" => commit::BlockCommit::new(&dict(&args)).apply(ctx),
+        "blockdev-create" => create::BlockdevCreate::new(&dict(&args)).apply(ctx),
         "blockdev-backup" => backup::BlockdevBackup::new(&dict(&args)).apply(ctx),
         "blockdev-mirror" => mirror::BlockdevMirror::new(&dict(&args)).apply(ctx),
         "block-stream" => stream::BlockStream::new(&dict(&args)).apply(ctx),

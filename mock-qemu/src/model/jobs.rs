@@ -157,6 +157,9 @@ pub enum JobKind {
     Mirror,
     /// blockdev-backup
     Backup,
+    /// blockdev-create: a plain job, not a block job (no `BLOCK_JOB_*`
+    /// events, not in `query-block-jobs`), dismissed by hand.
+    Create,
 }
 
 impl JobKind {
@@ -167,9 +170,18 @@ impl JobKind {
             JobKind::Commit => "commit",
             JobKind::Mirror => "mirror",
             JobKind::Backup => "backup",
+            JobKind::Create => "create",
         }
     }
+
+    /// Block jobs report `BLOCK_JOB_*` events and answer `block-job-*`.
+    pub fn is_block_job(self) -> bool {
+        self != JobKind::Create
+    }
 }
+
+/// The `node` of a job that works on no node (`blockdev-create`).
+pub const NO_NODE: NodeId = NodeId::MAX;
 
 /// One job.
 #[derive(Debug, Clone, PartialEq, Eq)]

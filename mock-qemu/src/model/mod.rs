@@ -347,8 +347,11 @@ impl Machine {
                     kind: job.kind.name(),
                 };
                 let dismiss = job.auto_dismiss;
+                let block = job.kind.is_block_job();
                 let _ = self.set_status(&id, JobStatus::Aborting, after_reply);
-                self.emit_at(cancelled, after_reply);
+                if block {
+                    self.emit_at(cancelled, after_reply);
+                }
                 let _ = self.set_status(&id, JobStatus::Concluded, after_reply);
                 if dismiss {
                     let _ = self.set_status(&id, JobStatus::Null, after_reply);
@@ -359,19 +362,26 @@ impl Machine {
                 // Failed before doing any work: aborting, COMPLETED with the
                 // error, concluded, null (if auto-dismiss).
                 job.error = Some(err);
+                if job.kind == jobs::JobKind::Create {
+                    // blockdev_create_run() counts its one step done
+                    // whatever the driver returned.
+                    job.offset = job.len;
+                }
                 let _ = self.set_status(&id, JobStatus::Aborting, after_reply);
                 if let Some(job) = self.job(&id).cloned() {
-                    self.emit_at(
-                        ModelEvent::BlockJobCompleted {
-                            device: id.clone(),
-                            len: 0,
-                            offset: 0,
-                            speed: job.speed,
-                            kind: job.kind.name(),
-                            error: job.error.clone(),
-                        },
-                        after_reply,
-                    );
+                    if job.kind.is_block_job() {
+                        self.emit_at(
+                            ModelEvent::BlockJobCompleted {
+                                device: id.clone(),
+                                len: 0,
+                                offset: 0,
+                                speed: job.speed,
+                                kind: job.kind.name(),
+                                error: job.error.clone(),
+                            },
+                            after_reply,
+                        );
+                    }
                     let _ = self.set_status(&id, JobStatus::Concluded, after_reply);
                     if job.auto_dismiss {
                         let _ = self.set_status(&id, JobStatus::Null, after_reply);
@@ -400,7 +410,7 @@ impl Machine {
             let auto = self.job(&id).is_some_and(|j| j.auto_finalize);
             if auto {
                 let _ = self.finalize_job(&id, after_reply);
-            } else if let Some(j) = self.job(&id) {
+            } else if let Some(j) = self.job(&id).filter(|j| j.kind.is_block_job()) {
                 let event = ModelEvent::BlockJobPending {
                     kind: j.kind.name(),
                     id: id.clone(),
@@ -425,7 +435,9 @@ impl Machine {
             kind: job.kind.name(),
             error: job.error.clone(),
         };
-        self.emit_at(event, after_reply);
+        if job.kind.is_block_job() {
+            self.emit_at(event, after_reply);
+        }
         self.set_status(id, JobStatus::Concluded, after_reply)?;
         if job.auto_dismiss {
             self.set_status(id, JobStatus::Null, after_reply)?;
@@ -436,8 +448,9 @@ impl Machine {
     /// The graph change a successful job makes when it finalizes.
     fn apply_job_result(&mut self, job: &Job) {
         match job.kind {
-            jobs::JobKind::Backup => {
-                // The target gets the data; the graph does not change.
+            jobs::JobKind::Backup | jobs::JobKind::Create => {
+                // The target gets the data; the graph does not change. A
+                // create job wrote its image when it started.
             }
             jobs::JobKind::Mirror => {
                 // Pivot: the source's parents move to the target. Nothing

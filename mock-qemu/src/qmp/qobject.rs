@@ -40,6 +40,17 @@ pub enum QNum {
     Double(f64),
 }
 
+impl QNum {
+    /// The value as an unsigned integer, if it is one.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            QNum::I64(i) => u64::try_from(i).ok(),
+            QNum::U64(u) => Some(u),
+            QNum::Double(_) => None,
+        }
+    }
+}
+
 /// A JSON value as QEMU holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QObject {
