@@ -64,6 +64,11 @@ pub trait HostIo: Debug + Send {
         filename: &str,
         backing: Option<(&str, &str)>,
     ) -> Result<(), ImageError>;
+    /// Marks every cluster of a qcow2 image as reading zero (what a full
+    /// backup of unallocated data writes). Without a real disk: nothing.
+    fn qcow2_mark_zero(&mut self, _filename: &str) -> Result<(), ImageError> {
+        Ok(())
+    }
     /// Creates (or truncates) a plain file (`blockdev-create` of `file`).
     /// Without a real disk nothing can be created.
     fn create_file(&mut self, filename: &str, _size: u64) -> Result<(), ImageError> {
@@ -158,6 +163,9 @@ impl HostIo for RealHostIo {
     }
     fn create_file(&mut self, filename: &str, size: u64) -> Result<(), ImageError> {
         image::create_file(filename, size)
+    }
+    fn qcow2_mark_zero(&mut self, filename: &str) -> Result<(), ImageError> {
+        image::qcow2_mark_zero(filename)
     }
     fn nbd_start(&mut self, addr: &NbdListen, max: u32) -> Result<(), String> {
         let (a, shown) = match addr {

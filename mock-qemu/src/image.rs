@@ -80,7 +80,7 @@ pub fn create_qcow2(
 ) -> Result<(), ImageError> {
     use std::io::Write;
     const CLUSTER: u64 = 1 << 16;
-    let err = |e: std::io::Error| ImageError::Open {
+    let err = |e: std::io::Error| ImageError::Create {
         path: filename.to_owned(),
         reason: strerror(&e),
     };
@@ -148,11 +148,9 @@ pub fn create_qcow2(
     f.write_all(&img).map_err(err)
 }
 
-/// Rewrites the backing file name and the backing-format extension of a
-/// qcow2 image, as QEMU's `qcow2_change_backing_file()` does: header
-/// extensions are rewritten and the name follows them in the first cluster.
-pub fn set_qcow2_backing(filename: &str, backing: Option<(&str, &str)>) -> Result<(), ImageError> {
-    use std::io::{Seek, SeekFrom, Write};
+/// Opens an image to change it, with its first bytes (header and
+/// extensions) read.
+fn open_for_rewrite(filename: &str) -> Result<(std::fs::File, Vec<u8>), ImageError> {
     let err = |e: std::io::Error| ImageError::Open {
         path: filename.to_owned(),
         reason: strerror(&e),
@@ -167,6 +165,84 @@ pub fn set_qcow2_backing(filename: &str, backing: Option<(&str, &str)>) -> Resul
         .take(HEADER_READ as u64)
         .read_to_end(&mut buf)
         .map_err(err)?;
+    Ok((f, buf))
+}
+
+/// What a full backup of unallocated data leaves in a qcow2 (v3) target:
+/// every guest cluster reads as zero through L2 tables whose entries carry
+/// the zero flag, one L2 cluster per unmapped L1 entry, allocated at the
+/// end of the file and counted in the first refcount block (QEMU writes
+/// exactly this: `qemu-img map` then shows the range as zero).
+pub fn qcow2_mark_zero(filename: &str) -> Result<(), ImageError> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let err = |e: std::io::Error| ImageError::Open {
+        path: filename.to_owned(),
+        reason: strerror(&e),
+    };
+    let (mut f, head) = open_for_rewrite(filename)?;
+    if head.len() < 112 {
+        return Ok(());
+    }
+    let facts = parse_qcow2(&head, Path::new(filename))?;
+    if facts.version < 3 {
+        return Ok(());
+    }
+    let cluster = facts.cluster_size;
+    let be64 = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
+    let l1_size = u64::from(be32(&head, 36));
+    let l1_offset = be64(&head, 40);
+    let reftable = be64(&head, 48);
+    let mut rt = [0u8; 8];
+    f.seek(SeekFrom::Start(reftable)).map_err(err)?;
+    f.read_exact(&mut rt).map_err(err)?;
+    let refblock = u64::from_be_bytes(rt);
+    let refbits = facts.refcount_bits;
+    if refblock == 0 || refbits != 16 || l1_offset == 0 {
+        return Ok(());
+    }
+    let mut l1 = vec![0u8; usize::try_from(l1_size * 8).unwrap_or(0)];
+    f.seek(SeekFrom::Start(l1_offset)).map_err(err)?;
+    f.read_exact(&mut l1).map_err(err)?;
+    let entries_per_l2 = cluster / 8;
+    let guest_clusters = facts.size.div_ceil(cluster);
+    let mut next = f.seek(SeekFrom::End(0)).map_err(err)?.div_ceil(cluster);
+    for i in 0..l1_size {
+        let at = usize::try_from(i * 8).unwrap_or(0);
+        if be64(&l1, at) != 0 {
+            continue;
+        }
+        // One refcount block of 16-bit entries covers cluster/2 clusters.
+        if next >= cluster / 2 {
+            break;
+        }
+        let first = i * entries_per_l2;
+        let n = guest_clusters.saturating_sub(first).min(entries_per_l2);
+        let mut l2 = vec![0u8; usize::try_from(cluster).unwrap_or(0)];
+        for e in 0..usize::try_from(n).unwrap_or(0) {
+            l2[e * 8 + 7] = 1;
+        }
+        let l2_at = next * cluster;
+        f.seek(SeekFrom::Start(l2_at)).map_err(err)?;
+        f.write_all(&l2).map_err(err)?;
+        f.seek(SeekFrom::Start(refblock + next * 2)).map_err(err)?;
+        f.write_all(&1u16.to_be_bytes()).map_err(err)?;
+        l1[at..at + 8].copy_from_slice(&(l2_at | 1 << 63).to_be_bytes());
+        next += 1;
+    }
+    f.seek(SeekFrom::Start(l1_offset)).map_err(err)?;
+    f.write_all(&l1).map_err(err)
+}
+
+/// Rewrites the backing file name and the backing-format extension of a
+/// qcow2 image, as QEMU's `qcow2_change_backing_file()` does: header
+/// extensions are rewritten and the name follows them in the first cluster.
+pub fn set_qcow2_backing(filename: &str, backing: Option<(&str, &str)>) -> Result<(), ImageError> {
+    use std::io::{Seek, SeekFrom, Write};
+    let err = |e: std::io::Error| ImageError::Open {
+        path: filename.to_owned(),
+        reason: strerror(&e),
+    };
+    let (mut f, buf) = open_for_rewrite(filename)?;
     let facts = parse_qcow2(&buf, Path::new(filename))?;
     let cluster = usize::try_from(facts.cluster_size)
         .unwrap_or(65536)
@@ -377,6 +453,44 @@ pub fn parse_qcow2(buf: &[u8], path: &Path) -> Result<Qcow2Facts, ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A full backup's zero-flagged L2 table, byte for byte as QEMU 10.0
+    /// leaves it (recorded with real qemu-storage-daemon: L1[0] =
+    /// 0x8000000000040000, 16 zero entries, refcount of cluster 4).
+    #[test]
+    fn marking_zero_writes_qemus_l2_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.qcow2").display().to_string();
+        create_qcow2(&p, 1 << 20, None).unwrap();
+        qcow2_mark_zero(&p).unwrap();
+        let b = std::fs::read(&p).unwrap();
+        assert_eq!(b.len(), 327_680);
+        assert_eq!(
+            &b[0x30000..0x30008],
+            &0x8000_0000_0004_0000u64.to_be_bytes()
+        );
+        assert_eq!(&b[0x20008..0x2000a], &[0, 1]);
+        for e in 0..16 {
+            assert_eq!(
+                &b[0x40000 + e * 8..0x40000 + e * 8 + 8],
+                &1u64.to_be_bytes()
+            );
+        }
+        assert!(b[0x40000 + 16 * 8..].iter().all(|&x| x == 0));
+        // Idempotent: a second full backup allocates nothing more.
+        qcow2_mark_zero(&p).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap().len(), 327_680);
+        if let Ok(out) = std::process::Command::new("qemu-img")
+            .args(["check", &p])
+            .output()
+        {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
 
     /// Byte for byte what `qemu-img create -f qcow2` writes, for images
     /// with and without a backing file, and of a size whose L1 table

@@ -40,6 +40,22 @@ fn find(ctx: &Context<'_>, node: NodeId, name: &str) -> Result<usize, QmpError> 
         .ok_or_else(|| not_found(name))
 }
 
+/// `bdrv_dirty_bitmap_check()`: a bitmap an operation holds cannot change.
+fn check_not_busy(ctx: &Context<'_>, node: NodeId, i: usize, name: &str) -> Result<(), QmpError> {
+    let busy = ctx
+        .machine
+        .graph()
+        .node(node)
+        .and_then(|n| n.bitmaps.get(i))
+        .is_some_and(|b| b.busy);
+    if busy {
+        return Err(QmpError::generic(format!(
+            "Bitmap '{name}' is currently in use by another operation and cannot be used"
+        )));
+    }
+    Ok(())
+}
+
 /// `block-dirty-bitmap-add`.
 #[derive(Debug)]
 pub struct BitmapAdd {
@@ -111,6 +127,8 @@ impl BitmapAdd {
                 recording: !self.disabled,
                 count: 0,
                 owner: None,
+                busy: false,
+                tracks_progress: false,
             });
         }
         Ok(QObject::Dict(QDict::new()))
@@ -138,6 +156,7 @@ impl BitmapVerb {
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
         let id = node(ctx, &self.node)?;
         let i = find(ctx, id, &self.name)?;
+        check_not_busy(ctx, id, i, &self.name)?;
         if let Some(n) = ctx.machine.graph_mut().node_mut(id) {
             match self.verb.as_str() {
                 "block-dirty-bitmap-remove" => {
@@ -188,7 +207,8 @@ impl BitmapMerge {
 
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
         let id = node(ctx, &self.node)?;
-        find(ctx, id, &self.target)?;
+        let i = find(ctx, id, &self.target)?;
+        check_not_busy(ctx, id, i, &self.target)?;
         for (n, b) in &self.sources {
             let src = node(ctx, n)?;
             find(ctx, src, b)?;

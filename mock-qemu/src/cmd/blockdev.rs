@@ -154,45 +154,12 @@ impl Opener<'_, '_> {
         }
         let id = self.insert(name, node)?;
         if let Some(t) = target {
-            self.copy_before_write_bitmaps(id, file, t);
+            let v = self.ctx.profile.version();
+            let graph = self.ctx.machine.graph_mut();
+            let full = graph.node(id).map_or(0, |n| n.size);
+            copy_before_write_bitmaps(graph, v, id, file, t, full);
         }
         Ok(id)
-    }
-
-    /// The anonymous bitmaps a `copy-before-write` node makes: block-copy's
-    /// copy bitmap (every cluster still to copy; on the source child
-    /// before 8.0, on the filter since), then the filter's done and access
-    /// bitmaps. Cluster size: the target's, at least 64 KiB.
-    fn copy_before_write_bitmaps(&mut self, cbw: NodeId, source: NodeId, target: NodeId) {
-        let graph = self.ctx.machine.graph();
-        let size = graph.node(cbw).map_or(0, |n| n.size);
-        let target_cluster = graph
-            .node(target)
-            .and_then(|t| t.qcow2.as_ref())
-            .map_or(0, |q| q.cluster_size);
-        let granularity = target_cluster.max(1 << 16);
-        let full = size.div_ceil(granularity) * granularity;
-        let anonymous = |count| Bitmap {
-            name: None,
-            granularity,
-            persistent: false,
-            recording: false,
-            count,
-            owner: Some(cbw),
-        };
-        let copy_on = if self.ctx.profile.version() <= Version::V7_2 {
-            source
-        } else {
-            cbw
-        };
-        let graph = self.ctx.machine.graph_mut();
-        if let Some(n) = graph.node_mut(copy_on) {
-            n.bitmaps.push(anonymous(full));
-        }
-        if let Some(n) = graph.node_mut(cbw) {
-            n.bitmaps.push(anonymous(0));
-            n.bitmaps.push(anonymous(full));
-        }
     }
 
     /// `blkdebug`: its name, then its `image` child; its rules and limits
@@ -398,6 +365,82 @@ impl Opener<'_, '_> {
     }
 }
 
+/// An anonymous bitmap a driver or job makes, owned by node `owner`.
+pub(super) fn anonymous_bitmap(
+    owner: NodeId,
+    granularity: u64,
+    count: u64,
+    recording: bool,
+) -> Bitmap {
+    Bitmap {
+        name: None,
+        granularity,
+        persistent: false,
+        recording,
+        count,
+        owner: Some(owner),
+        busy: false,
+        tracks_progress: false,
+    }
+}
+
+/// The anonymous bitmaps a `copy-before-write` node makes: block-copy's
+/// copy bitmap (`to_copy` bytes still to copy; on the source child up to
+/// 7.2, on the filter since), then the filter's done and access bitmaps
+/// (7.2 on). Cluster size: the target's, at least 64 KiB. A 5.2
+/// `backup-top` has only the copy bitmap, on the source.
+pub(super) fn copy_before_write_bitmaps(
+    graph: &mut Graph,
+    v: Version,
+    cbw: NodeId,
+    source: NodeId,
+    target: NodeId,
+    to_copy: u64,
+) {
+    let size = graph.node(cbw).map_or(0, |n| n.size);
+    let target_cluster = graph
+        .node(target)
+        .and_then(|t| t.qcow2.as_ref())
+        .map_or(0, |q| q.cluster_size);
+    let granularity = target_cluster.max(1 << 16);
+    let whole = |bytes: u64| bytes.div_ceil(granularity) * granularity;
+    let copy = Bitmap {
+        tracks_progress: true,
+        ..anonymous_bitmap(cbw, granularity, whole(to_copy), false)
+    };
+    let copy_on = if v <= Version::V7_2 { source } else { cbw };
+    if let Some(n) = graph.node_mut(copy_on) {
+        n.bitmaps.push(copy);
+    }
+    if v < Version::V7_2 {
+        return;
+    }
+    if let Some(n) = graph.node_mut(cbw) {
+        n.bitmaps.push(anonymous_bitmap(cbw, granularity, 0, false));
+        n.bitmaps
+            .push(anonymous_bitmap(cbw, granularity, whole(size), false));
+    }
+}
+
+/// Reads a file node's facts again (after the mock wrote its file).
+pub(super) fn refresh_file(ctx: &mut Context<'_>, file_node: NodeId) {
+    let Some(name) = ctx
+        .machine
+        .graph()
+        .node(file_node)
+        .and_then(|n| n.file.as_ref())
+        .map(|f| f.filename.clone())
+    else {
+        return;
+    };
+    if let Ok(facts) = ctx.host.open_file(&name) {
+        if let Some(n) = ctx.machine.graph_mut().node_mut(file_node) {
+            n.size = facts.size.div_ceil(512) * 512;
+            n.file = Some(facts);
+        }
+    }
+}
+
 /// `qdict_flatten()` of one option: `key.0.member` for lists of dicts.
 fn flatten(out: &mut QDict, prefix: &str, v: &QObject) {
     match v {
@@ -416,7 +459,7 @@ fn flatten(out: &mut QDict, prefix: &str, v: &QObject) {
 }
 
 /// The options every driver shares.
-fn common(driver: &str, a: &QDict, parent_ro: bool) -> Node {
+pub(super) fn common(driver: &str, a: &QDict, parent_ro: bool) -> Node {
     let cache = match a.get("cache") {
         Some(QObject::Dict(c)) => Cache {
             direct: bool_opt(c, "direct").unwrap_or(false),
@@ -577,8 +620,19 @@ impl QueryNamedBlockNodes {
 fn is_filter(driver: &str) -> bool {
     matches!(
         driver,
-        "throttle" | "copy-on-read" | "copy-before-write" | "blkdebug"
+        "throttle"
+            | "copy-on-read"
+            | "copy-before-write"
+            | "blkdebug"
+            | "mirror_top"
+            | "commit_top"
+            | "backup-top"
     )
+}
+
+/// Job filters whose filtered child is their `backing`.
+fn filters_backing(driver: &str) -> bool {
+    matches!(driver, "mirror_top" | "commit_top" | "backup-top")
 }
 
 /// Drivers with a `protocol_name`, whose exact file name a format node on
@@ -587,11 +641,13 @@ fn is_protocol(driver: &str) -> bool {
     matches!(driver, "file" | "null-co" | "null-aio" | "blkdebug")
 }
 
-/// The primary child (`file`, or blkdebug's `image`).
+/// The primary child (`file`, blkdebug's `image`, a job filter's
+/// `backing`).
 fn file_child<'g>(graph: &'g Graph, node: &Node) -> Option<&'g Node> {
+    let backing = filters_backing(&node.driver);
     node.children
         .iter()
-        .find(|(r, _)| r == "file" || r == "image")
+        .find(|(r, _)| r == "file" || r == "image" || (backing && r == "backing"))
         .and_then(|(_, c)| graph.node(*c))
 }
 
@@ -626,7 +682,7 @@ fn exact_filename(graph: &Graph, node: &Node) -> Option<String> {
             .all(|(k, _)| matches!(k, "driver" | "filename"))
             .then(|| format!("{}://", node.driver)),
         // cbw and snapshot-access name themselves after their file child.
-        "copy-before-write" | "snapshot-access" => {
+        "copy-before-write" | "snapshot-access" | "mirror_top" | "commit_top" | "backup-top" => {
             file_child(graph, node).map(|c| filename(graph, c))
         }
         d if is_filter(d) || is_protocol(d) => None,
@@ -823,9 +879,18 @@ fn node_info(ctx: &Context<'_>, id: NodeId, flat: bool) -> Result<QDict, QmpErro
                 }
                 m.put("recording", b.recording);
                 m.put("persistent", b.persistent);
-                m.put("busy", false);
+                m.put("busy", b.busy);
                 // Dropped from the schema after 5.2; the projection decides.
-                m.put("status", if b.recording { "active" } else { "disabled" });
+                m.put(
+                    "status",
+                    if b.busy {
+                        "frozen"
+                    } else if b.recording {
+                        "active"
+                    } else {
+                        "disabled"
+                    },
+                );
                 m.put("granularity", b.granularity);
                 m.put("count", b.count);
                 QObject::Dict(m)

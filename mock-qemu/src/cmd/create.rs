@@ -133,11 +133,6 @@ fn create_qcow2(ctx: &mut Context<'_>, opts: &QDict) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
     // The file node sees the file it now holds.
-    if let Ok(facts) = ctx.host.open_file(&filename) {
-        if let Some(n) = ctx.machine.graph_mut().node_mut(file) {
-            n.size = facts.size.div_ceil(512) * 512;
-            n.file = Some(facts);
-        }
-    }
+    super::blockdev::refresh_file(ctx, file);
     Ok(())
 }

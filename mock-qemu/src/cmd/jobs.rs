@@ -45,6 +45,39 @@ pub(super) fn start(ctx: &mut Context<'_>, args: &QDict, job: Job) -> Result<Ret
     Ok(QObject::Dict(QDict::new()))
 }
 
+/// Inserts the hidden filter node a job puts above its source
+/// (`mirror_top`, `copy-before-write`, …; named `filter-node-name` or a
+/// generated name) and gives it to the job, which removes it when it ends.
+pub(super) fn insert_filter(
+    ctx: &mut Context<'_>,
+    job_id: &str,
+    driver: &str,
+    children: Vec<(String, crate::model::graph::NodeId)>,
+    name: Option<&str>,
+) -> Result<crate::model::graph::NodeId, QmpError> {
+    let v = ctx.profile.version();
+    let size = children
+        .first()
+        .and_then(|(_, c)| ctx.machine.graph().node(*c))
+        .map_or(0, |n| n.size);
+    let mut node = super::blockdev::common(driver, &QDict::new(), false);
+    node.size = size;
+    node.children = children;
+    node.strong_options.put("driver", driver);
+    let id = ctx
+        .machine
+        .graph_mut()
+        .insert(crate::model::graph::NewNode {
+            name: name.map(str::to_owned),
+            node,
+        })
+        .map_err(|e| super::desc::graph_error(v, &e))?;
+    if let Some(j) = ctx.machine.job_entry(job_id) {
+        j.filter = Some(id);
+    }
+    Ok(id)
+}
+
 /// `device` and `target` of a copying job (mirror, backup), looked up as
 /// `bdrv_lookup_bs(name, name)`.
 pub(super) fn source_and_target(
@@ -60,6 +93,20 @@ pub(super) fn source_and_target(
             .ok_or_else(|| super::desc::node_lookup(v, name, name))
     };
     Ok((find("device")?, find("target")?))
+}
+
+/// A node named by argument `key` (a node name or a device name).
+pub(super) fn lookup(
+    ctx: &Context<'_>,
+    args: &QDict,
+    key: &str,
+) -> Result<crate::model::graph::NodeId, QmpError> {
+    let v = ctx.profile.version();
+    let name = args.get_str(key).unwrap_or_default();
+    ctx.machine
+        .graph()
+        .find(name)
+        .ok_or_else(|| super::desc::node_lookup(v, name, name))
 }
 
 /// Which family a verb belongs to, which decides its lookup error.
@@ -255,8 +302,9 @@ impl JobVerb {
                 if let Some(j) = ctx.machine.job_entry(&job.id) {
                     if soft && j.status == JobStatus::Ready && j.waits_for_complete {
                         // A soft cancel of a ready job completes it without
-                        // the pivot (nothing to pivot in qemu-storage-daemon).
+                        // the pivot.
                         j.complete_requested = true;
+                        j.no_pivot = true;
                     } else {
                         j.cancel_requested = true;
                     }

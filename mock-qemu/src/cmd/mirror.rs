@@ -1,39 +1,88 @@
-//! `blockdev-mirror` to a node added beforehand: the job goes `ready` and
-//! waits for `complete` (which pivots) or a cancel. A target of another size
-//! makes the job fail once started, as in QEMU. `drive-mirror` (which
-//! creates the target) comes later.
+//! `blockdev-mirror` (to a node added beforehand) and `drive-mirror` (to a
+//! file it creates, or opens with `mode: existing`). The job inserts a
+//! `mirror_top` filter above the source, with the mirror's dirty bitmap
+//! (on the filter in 10.0, on the source before), goes `ready` and waits
+//! for `complete` (which pivots: the source's parents move to the target)
+//! or a cancel. A target of another size makes the job fail once started,
+//! as in QEMU. A target QEMU just created reads as zeroes, so there is
+//! nothing to copy (`len` 0, recorded).
 
+use super::blockdev::anonymous_bitmap;
 use super::desc;
+use super::drive::{open_target, release_on_error};
 use super::{Context, Return};
+use crate::model::graph::NodeId;
 use crate::model::jobs::{Job, JobKind, JobStatus};
+use crate::profile::Version;
 use crate::qmp::error::QmpError;
-use crate::qmp::qobject::QDict;
+use crate::qmp::qobject::{QDict, QObject};
 
-/// `blockdev-mirror`.
+/// `blockdev-mirror` or `drive-mirror`.
 #[derive(Debug)]
-pub struct BlockdevMirror {
+pub struct Mirror {
     args: QDict,
+    drive: bool,
 }
 
-impl BlockdevMirror {
-    /// From the checked arguments.
-    pub fn new(a: &QDict) -> Self {
-        BlockdevMirror { args: a.clone() }
+impl Mirror {
+    /// From the checked arguments of `blockdev-mirror` (`drive` false) or
+    /// `drive-mirror`.
+    pub fn new(a: &QDict, drive: bool) -> Self {
+        Mirror {
+            args: a.clone(),
+            drive,
+        }
     }
 
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
         let a = &self.args;
+        let sync = a.get_str("sync").unwrap_or("full").to_owned();
+        let (src, dst, zeroed) = if self.drive {
+            let src = super::jobs::lookup(ctx, a, "device")?;
+            let t = open_target(ctx, a, src, &sync, false)?;
+            (src, t.node, t.created)
+        } else {
+            let (s, d) = super::jobs::source_and_target(ctx, a)?;
+            (s, d, false)
+        };
+        let r = self.start(ctx, src, dst, &sync, zeroed);
+        release_on_error(ctx, self.drive.then_some(dst), r)
+    }
+
+    fn start(
+        &self,
+        ctx: &mut Context<'_>,
+        src: NodeId,
+        dst: NodeId,
+        sync: &str,
+        zeroed: bool,
+    ) -> Result<Return, QmpError> {
+        let a = &self.args;
         let v = ctx.profile.version();
-        let (src, dst) = super::jobs::source_and_target(ctx, a)?;
         let graph = ctx.machine.graph();
         if src == dst {
             return Err(QmpError::generic("Can't mirror node into itself"));
         }
-        let sync = a.get_str("sync").unwrap_or("full");
         if !matches!(sync, "full" | "top" | "none") {
             return Err(QmpError::generic(format!(
                 "Sync mode '{sync}' not supported"
             )));
+        }
+        let granularity = match a.get("granularity") {
+            Some(QObject::Num(n)) => n.as_u64().unwrap_or(0),
+            _ => 0,
+        };
+        if granularity != 0 && !(512..=64 << 20).contains(&granularity) {
+            return Err(QmpError::generic(
+                "Parameter 'granularity' expects a value in range [512B, 64MB]",
+            ));
+        }
+        if !granularity.is_power_of_two() && granularity != 0 {
+            return Err(QmpError::generic(if v < Version::V7_2 {
+                "Parameter 'granularity' expects power of 2"
+            } else {
+                "Parameter 'granularity' expects a power of 2"
+            }));
         }
         if let Some(j) = ctx
             .machine
@@ -50,12 +99,43 @@ impl BlockdevMirror {
             graph.node(src).map_or(0, |n| n.size),
             graph.node(dst).map_or(0, |n| n.size),
         );
+        // The bitmap's granularity: the target's cluster size, 4 KiB to 64 KiB.
+        let granularity = if granularity != 0 {
+            granularity
+        } else {
+            graph
+                .node(dst)
+                .and_then(|t| t.qcow2.as_ref())
+                .map_or(1 << 16, |q| q.cluster_size)
+                .clamp(4096, 1 << 16)
+        };
         let job = Job {
             base: Some(dst),
             waits_for_complete: true,
+            owned_target: self.drive.then_some(dst),
             fails_with: (src_size != dst_size).then(|| desc::mirror_size_mismatch(v)),
-            ..Job::new("", JobKind::Mirror, src, src_size)
+            ..Job::new("", JobKind::Mirror, src, if zeroed { 0 } else { src_size })
         };
-        super::jobs::start(ctx, &self.args, job)
+        let id = a.get_str("job-id").unwrap_or("").to_owned();
+        let reply = super::jobs::start(ctx, a, job)?;
+        let filter = super::jobs::insert_filter(
+            ctx,
+            &id,
+            "mirror_top",
+            vec![("backing".to_owned(), src)],
+            a.get_str("filter-node-name"),
+        )?;
+        // The mirror's dirty bitmap: disabled, on the filter (10.0); an
+        // enabled one on the source before.
+        let (on, recording) = if v > Version::V7_2 {
+            (filter, false)
+        } else {
+            (src, true)
+        };
+        if let Some(n) = ctx.machine.graph_mut().node_mut(on) {
+            n.bitmaps
+                .push(anonymous_bitmap(filter, granularity, 0, recording));
+        }
+        Ok(reply)
     }
 }

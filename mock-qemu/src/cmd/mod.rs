@@ -11,6 +11,7 @@ mod commit;
 mod control;
 mod create;
 mod desc;
+mod drive;
 mod exports;
 mod jobs;
 mod mirror;
@@ -112,8 +113,10 @@ pub fn execute(
         "transaction" => transaction::Transaction::new(&dict(&args)).apply(ctx),
         "block-commit" => commit::BlockCommit::new(&dict(&args)).apply(ctx),
         "blockdev-create" => create::BlockdevCreate::new(&dict(&args)).apply(ctx),
-        "blockdev-backup" => backup::BlockdevBackup::new(&dict(&args)).apply(ctx),
-        "blockdev-mirror" => mirror::BlockdevMirror::new(&dict(&args)).apply(ctx),
+        "blockdev-backup" => backup::Backup::new(&dict(&args), false).apply(ctx),
+        "drive-backup" => backup::Backup::new(&dict(&args), true).apply(ctx),
+        "blockdev-mirror" => mirror::Mirror::new(&dict(&args), false).apply(ctx),
+        "drive-mirror" => mirror::Mirror::new(&dict(&args), true).apply(ctx),
         "block-stream" => stream::BlockStream::new(&dict(&args)).apply(ctx),
         "query-jobs" => jobs::QueryJobs::new("query-jobs").apply(ctx),
         "query-block-jobs" => jobs::QueryJobs::new("query-block-jobs").apply(ctx),

@@ -19,6 +19,7 @@ const STATE_ACTIONS: &[&str] = &[
     // Starts its job as the standalone command does (same events, recorded);
     // a later failing action does not yet undo a started job.
     "blockdev-backup",
+    "drive-backup",
 ];
 
 /// `transaction`.

@@ -79,6 +79,11 @@ pub struct Bitmap {
     pub recording: bool,
     /// Dirty bytes (whole granules).
     pub count: u64,
+    /// Held by an operation (a backup job): it cannot be changed.
+    pub busy: bool,
+    /// Counts its owner job's remaining work (block-copy's copy bitmap):
+    /// cleared when the job's work is done.
+    pub tracks_progress: bool,
     /// The node whose driver made this anonymous bitmap (it goes with it).
     pub owner: Option<NodeId>,
 }
@@ -320,6 +325,43 @@ impl Graph {
         Ok(())
     }
 
+    /// Removes a job's filter node and the bitmaps it owns; its children
+    /// stay (the job's end puts the graph back as it was).
+    pub fn remove_filter(&mut self, id: NodeId) {
+        if self.nodes.remove(&id).is_some() {
+            for n in self.nodes.values_mut() {
+                n.bitmaps.retain(|b| b.owner != Some(id));
+            }
+        }
+    }
+
+    /// Empties the progress-tracking bitmaps `owner` made.
+    pub fn clear_progress_bitmaps(&mut self, owner: NodeId) {
+        for n in self.nodes.values_mut() {
+            for b in n
+                .bitmaps
+                .iter_mut()
+                .filter(|b| b.owner == Some(owner) && b.tracks_progress)
+            {
+                b.count = 0;
+            }
+        }
+    }
+
+    /// Every BlockBackend on `from` moves to `to` (a mirror's pivot).
+    pub fn move_backends(&mut self, from: NodeId, to: NodeId) {
+        for (_, n) in &mut self.backends {
+            if *n == from {
+                *n = to;
+            }
+        }
+    }
+
+    /// Whether a parent node or a BlockBackend holds `id`.
+    pub fn is_held(&self, id: NodeId) -> bool {
+        self.parent_of(id).is_some() || self.backends.iter().any(|(_, n)| *n == id)
+    }
+
     /// Attaches a BlockBackend (an export or a device named `owner`).
     pub fn attach_backend(&mut self, owner: &str, id: NodeId) {
         self.backends.push((owner.to_owned(), id));
@@ -339,7 +381,7 @@ impl Graph {
     /// with its children that are left unused (QEMU's refcount drop).
     pub fn free_unused(&mut self, id: NodeId) {
         let owned = self.nodes.get(&id).is_some_and(|n| n.monitor_owned);
-        if !owned && self.parent_of(id).is_none() {
+        if !owned && !self.is_held(id) {
             self.remove_unreferenced(id);
         }
     }

@@ -224,6 +224,19 @@ pub struct Job {
     pub fails_with: Option<String>,
     /// Failure text, once failed.
     pub error: Option<String>,
+    /// The hidden filter node the job inserted above its source
+    /// (`mirror_top`, `copy-before-write`, …), removed when it ends, with
+    /// the anonymous bitmaps it owns.
+    pub filter: Option<NodeId>,
+    /// A user bitmap the job holds busy (node, name).
+    pub user_bitmap: Option<(NodeId, String)>,
+    /// A node the job opened itself (a `drive-*` target): freed when the
+    /// job ends unless something else holds it.
+    pub owned_target: Option<NodeId>,
+    /// Works until cancelled (backup `sync: none`).
+    pub until_cancelled: bool,
+    /// A soft cancel of a ready mirror: it completes without the pivot.
+    pub no_pivot: bool,
 }
 
 impl Job {
@@ -248,6 +261,11 @@ impl Job {
             cancel_requested: false,
             fails_with: None,
             error: None,
+            filter: None,
+            user_bitmap: None,
+            owned_target: None,
+            until_cancelled: false,
+            no_pivot: false,
         }
     }
 }

@@ -298,6 +298,10 @@ impl Machine {
             ));
         }
         job.status = to;
+        if to == JobStatus::Concluded {
+            let job = job.clone();
+            self.clean_job(&job);
+        }
         let event = ModelEvent::JobStatusChange {
             id: id.to_owned(),
             status: to.name(),
@@ -324,10 +328,12 @@ impl Machine {
         let movable: Vec<String> = self
             .jobs
             .iter()
+            .filter(|j| j.status < JobStatus::Aborting)
             .filter(|j| j.cancel_requested || !j.user_paused)
             .filter(|j| {
                 j.cancel_requested
                     || (j.status == JobStatus::Running
+                        && !j.until_cancelled
                         && (instant || j.offset >= j.len || j.fails_with.is_some()))
                     || (j.status == JobStatus::Ready && j.complete_requested)
             })
@@ -348,6 +354,8 @@ impl Machine {
                 };
                 let dismiss = job.auto_dismiss;
                 let block = job.kind.is_block_job();
+                // job->ret = -ECANCELED: query-jobs shows its text.
+                job.error = Some("Operation canceled".to_owned());
                 let _ = self.set_status(&id, JobStatus::Aborting, after_reply);
                 if block {
                     self.emit_at(cancelled, after_reply);
@@ -392,6 +400,13 @@ impl Machine {
             if instant {
                 job.offset = job.len;
             }
+            // The work is done: block-copy's copy bitmap is empty.
+            if let Some(f) = job.filter {
+                self.graph.clear_progress_bitmaps(f);
+            }
+            let Some(job) = self.job_mut(&id) else {
+                continue;
+            };
             if job.status == JobStatus::Running && job.waits_for_complete {
                 // In sync: ready, then BLOCK_JOB_READY; wait for complete.
                 let ready = ModelEvent::BlockJobReady {
@@ -445,6 +460,27 @@ impl Machine {
         Ok(())
     }
 
+    /// `job_clean()`: the job lets go of what it held — its filter node
+    /// (with the bitmaps it owns), a user bitmap, a target it opened.
+    fn clean_job(&mut self, job: &Job) {
+        if let Some(f) = job.filter {
+            self.graph.remove_filter(f);
+        }
+        if let Some((node, name)) = &job.user_bitmap {
+            if let Some(b) = self
+                .graph
+                .node_mut(*node)
+                .and_then(|n| n.bitmaps.iter_mut().find(|b| b.name.as_ref() == Some(name)))
+            {
+                b.busy = false;
+            }
+        }
+        if let Some(t) = job.owned_target {
+            self.graph.free_unused(t);
+        }
+        self.graph_generation += 1;
+    }
+
     /// The graph change a successful job makes when it finalizes.
     fn apply_job_result(&mut self, job: &Job) {
         match job.kind {
@@ -453,8 +489,14 @@ impl Machine {
                 // create job wrote its image when it started.
             }
             jobs::JobKind::Mirror => {
-                // Pivot: the source's parents move to the target. Nothing
-                // holds the source in qemu-storage-daemon (recorded).
+                // Pivot: the source's parents (exports, devices) move to the
+                // target; in qemu-storage-daemon often nothing holds either
+                // (recorded). A soft cancel after ready does not pivot.
+                if let (false, Some(target)) = (job.no_pivot, job.base) {
+                    self.graph.move_backends(job.node, target);
+                    self.graph.free_unused(job.node);
+                    self.graph_generation += 1;
+                }
             }
             jobs::JobKind::Commit if job.top == Some(job.node) => {
                 // Active commit: the top's parents would move to the base.
