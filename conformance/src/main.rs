@@ -311,6 +311,7 @@ async fn run(fixtures: &std::path::Path, o: &RunOptions<'_>) -> Result<bool> {
         match &verdict {
             Verdict::Pass => writeln!(out, "  ok   {id}")?,
             Verdict::KnownFail(r) => writeln!(out, "  known {id}: {r}")?,
+            Verdict::Skipped(r) => writeln!(out, "  skip {id}: {r}")?,
             Verdict::Fail(d) | Verdict::UnexpectedPass(d) => {
                 writeln!(out, "  FAIL {id}: {description}\n{}", indent(d))?
             }
