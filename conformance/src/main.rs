@@ -1,4 +1,5 @@
-//! `qmp-conform`: record real QEMU, run scenario suites against any target.
+//! `qmp-conform`: record real QEMU, run scenario suites against any target,
+//! check QMP clients (`client`).
 
 use std::io::Write as _;
 use std::path::PathBuf;
