@@ -9,8 +9,10 @@
 //! - [`suite`]: where scenarios and golden transcripts live under `fixtures/`.
 //! - [`runner`]: one case against one target, and its report.
 //! - [`record`]: recording golden transcripts and profile data from real QEMU.
+//! - [`client`]: checking QMP clients: the mock behind a judging, adversarial transport.
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod compare;
 pub mod normalize;
 pub mod play;

@@ -1,4 +1,5 @@
-//! `qmp-conform`: record real QEMU, run scenario suites against any target.
+//! `qmp-conform`: record real QEMU, run scenario suites against any target,
+//! check QMP clients (`client`).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use conformance::client::{self, CheckOptions, ClientUnderTest};
 use conformance::compare::Mode;
 use conformance::play::PlayOptions;
 use conformance::report::{write_json, write_junit, CaseResult, KnownDivergences, Verdict};
@@ -53,6 +55,44 @@ enum Cmd {
         /// List the selected cases without running them.
         #[arg(long)]
         list: bool,
+        /// Also write a JUnit XML report.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Also write a JSON report.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// Play QEMU's side for a QMP client and judge it, one case per
+    /// `fixtures/clients/*.txt` (see README, "Checking a client").
+    Client {
+        /// Run this shell command once per case; `{socket}` becomes the path
+        /// of a fresh unix socket (also in $QMP_CONFORM_SOCKET).
+        #[arg(long, value_name = "CMD", conflicts_with = "listen")]
+        exec: Option<String>,
+        /// Listen on this unix socket instead; the client connects once per case.
+        #[arg(long, value_name = "PATH")]
+        listen: Option<PathBuf>,
+        /// The impersonated QEMU: qemu-5.2, qemu-7.2, qemu-10.0.
+        #[arg(long, default_value = "qemu-10.0")]
+        profile: String,
+        /// qsd or system.
+        #[arg(long, default_value = "qsd")]
+        flavor: String,
+        /// Only cases whose id contains this (repeatable).
+        #[arg(long)]
+        filter: Vec<String>,
+        /// Longest one case may take, in seconds (a timeout fails the case).
+        #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+        timeout: f64,
+        /// While a job runs, move the virtual clock by a second this often.
+        #[arg(long, default_value_t = 100, value_name = "MS")]
+        tick_ms: u64,
+        /// List the selected cases without running them.
+        #[arg(long)]
+        list: bool,
+        /// Write each case's wire log (what went each way) into this folder.
+        #[arg(long, value_name = "DIR")]
+        wire_log: Option<PathBuf>,
         /// Also write a JUnit XML report.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
@@ -140,6 +180,37 @@ async fn real_main(cli: Cli) -> Result<bool> {
                 suite::profile_dir(&fixtures, id.version, flavor).display()
             );
             Ok(true)
+        }
+        Cmd::Client {
+            exec,
+            listen,
+            profile,
+            flavor,
+            filter,
+            timeout,
+            tick_ms,
+            list,
+            wire_log,
+            junit,
+            json,
+        } => {
+            let client = match (exec, listen) {
+                _ if list => None,
+                (Some(c), None) => Some(ClientUnderTest::Exec(c)),
+                (None, Some(p)) => Some(ClientUnderTest::Listen(p)),
+                _ => bail!("qmp-conform client needs --exec CMD or --listen PATH"),
+            };
+            if !(timeout > 0.0 && timeout.is_finite()) {
+                bail!("--timeout needs a positive number of seconds");
+            }
+            let opts = CheckOptions {
+                version: profile.parse()?,
+                flavor: flavor.parse()?,
+                timeout: Duration::from_secs_f64(timeout),
+                tick: Duration::from_millis(tick_ms.max(1)),
+                wire_log,
+            };
+            check_client(&fixtures, client.as_ref(), &opts, &filter, junit, json).await
         }
         Cmd::Run {
             target,
@@ -311,6 +382,7 @@ async fn run(fixtures: &std::path::Path, o: &RunOptions<'_>) -> Result<bool> {
         match &verdict {
             Verdict::Pass => writeln!(out, "  ok   {id}")?,
             Verdict::KnownFail(r) => writeln!(out, "  known {id}: {r}")?,
+            Verdict::Skipped(r) => writeln!(out, "  skip {id}: {r}")?,
             Verdict::Fail(d) | Verdict::UnexpectedPass(d) => {
                 writeln!(out, "  FAIL {id}: {description}\n{}", indent(d))?
             }
@@ -354,6 +426,78 @@ async fn run(fixtures: &std::path::Path, o: &RunOptions<'_>) -> Result<bool> {
     }
     if let Some(p) = &o.json {
         write_json(p, o.target, &results)?;
+    }
+    Ok(failed == 0)
+}
+
+/// `qmp-conform client`: the selected client checks, a human report, and
+/// the JUnit/JSON files; no client: list the cases.
+async fn check_client(
+    fixtures: &std::path::Path,
+    client: Option<&ClientUnderTest>,
+    opts: &CheckOptions,
+    filters: &[String],
+    junit: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> Result<bool> {
+    let cases: Vec<_> = client::cases(fixtures)?
+        .into_iter()
+        .filter(|c| filters.is_empty() || filters.iter().any(|f| c.id.contains(f.as_str())))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    let Some(client) = client else {
+        // --list
+        for c in &cases {
+            writeln!(out, "  {}: {}", c.id, c.description)?;
+        }
+        return Ok(true);
+    };
+    let target = client.describe();
+    let profile = format!("{}/{}", opts.version.name(), opts.flavor);
+    writeln!(out, "== client checks ({profile}) against {target}")?;
+    if let ClientUnderTest::Listen(p) = client {
+        writeln!(
+            out,
+            "   listening on {}: connect the client once per case ({} cases)",
+            p.display(),
+            cases.len()
+        )?;
+    }
+    out.flush()?;
+    let started = Instant::now();
+    let results = client::run_checks(&cases, client, opts, |r| {
+        let id = &r.id;
+        let secs = r.time.as_secs_f64();
+        let _ = match &r.verdict {
+            Verdict::Pass => writeln!(out, "  ok   {id} ({secs:.2}s)"),
+            Verdict::Skipped(why) => writeln!(out, "  skip {id}: {why}"),
+            Verdict::Fail(why) | Verdict::KnownFail(why) | Verdict::UnexpectedPass(why) => {
+                write!(out, "  FAIL {id}: {}\n{}", r.description, indent(why))
+            }
+        };
+        let _ = out.flush();
+    })
+    .await?;
+    let failed = results.iter().filter(|r| r.verdict.fails_run()).count();
+    let skipped = results
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::Skipped(_)))
+        .count();
+    writeln!(
+        out,
+        "\nqmp-conform client: {target} in {:.2}s",
+        started.elapsed().as_secs_f64()
+    )?;
+    writeln!(
+        out,
+        "{} passed, {failed} failed, {skipped} skipped",
+        results.len() - failed - skipped
+    )?;
+    if let Some(p) = &junit {
+        write_junit(p, &target, &results)?;
+    }
+    if let Some(p) = &json {
+        write_json(p, &target, &results)?;
     }
     Ok(failed == 0)
 }

@@ -18,6 +18,8 @@ pub enum Verdict {
     KnownFail(String),
     /// Listed as a known divergence but passes: the list must shrink.
     UnexpectedPass(String),
+    /// Not exercised (a client check whose situation never arose): why.
+    Skipped(String),
 }
 
 impl Verdict {
@@ -65,6 +67,11 @@ pub fn write_junit(path: &Path, target: &str, results: &[CaseResult]) -> Result<
                     s.set_message(format!("known divergence: {reason}"));
                     s
                 }
+                Verdict::Skipped(reason) => {
+                    let mut s = TestCaseStatus::skipped();
+                    s.set_message(reason.clone());
+                    s
+                }
             };
             let mut case = TestCase::new(r.id.clone(), status);
             case.set_classname(format!("{p}.{}", r.id.split('/').next().unwrap_or("")));
@@ -77,7 +84,7 @@ pub fn write_junit(path: &Path, target: &str, results: &[CaseResult]) -> Result<
     std::fs::write(path, xml).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Writes a JSON report: `{"target", "passed", "failed", "cases": [...]}`.
+/// Writes a JSON report: `{"target", "passed", "failed", "skipped", "cases": [...]}`.
 pub fn write_json(path: &Path, target: &str, results: &[CaseResult]) -> Result<()> {
     let cases: Vec<serde_json::Value> = results
         .iter()
@@ -87,6 +94,7 @@ pub fn write_json(path: &Path, target: &str, results: &[CaseResult]) -> Result<(
                 Verdict::Fail(d) => ("fail", Some(d.clone())),
                 Verdict::KnownFail(d) => ("known-divergence", Some(d.clone())),
                 Verdict::UnexpectedPass(d) => ("unexpected-pass", Some(d.clone())),
+                Verdict::Skipped(d) => ("skipped", Some(d.clone())),
             };
             serde_json::json!({
                 "profile": r.profile, "id": r.id, "description": r.description, "checks": r.checks,
@@ -95,10 +103,15 @@ pub fn write_json(path: &Path, target: &str, results: &[CaseResult]) -> Result<(
         })
         .collect();
     let failed = results.iter().filter(|r| r.verdict.fails_run()).count();
+    let skipped = results
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::Skipped(_)))
+        .count();
     let v = serde_json::json!({
         "target": target,
-        "passed": results.len() - failed,
+        "passed": results.len() - failed - skipped,
         "failed": failed,
+        "skipped": skipped,
         "cases": cases,
     });
     let text = serde_json::to_string_pretty(&v)?;
@@ -168,6 +181,7 @@ mod tests {
             r("protocol/a", Verdict::Pass),
             r("protocol/b", Verdict::Fail("diff".into())),
             r("protocol/c", Verdict::KnownFail("why".into())),
+            r("client/d", Verdict::Skipped("not exercised".into())),
         ];
         write_junit(&dir.path().join("j.xml"), "mock", &results).unwrap();
         let xml = std::fs::read_to_string(dir.path().join("j.xml")).unwrap();
@@ -180,7 +194,10 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap())
                 .unwrap();
         assert_eq!(v["failed"], 1);
+        assert_eq!(v["skipped"], 1);
+        assert_eq!(v["passed"], 2, "a pass and a known divergence");
         assert_eq!(v["cases"][2]["verdict"], "known-divergence");
+        assert_eq!(v["cases"][3]["verdict"], "skipped");
     }
 
     #[test]
