@@ -50,6 +50,58 @@ pub fn is_job_progress_event(line: &str) -> bool {
         && !line.contains("\"status\": \"running\"")
 }
 
+/// A job's status change: (job id, status).
+fn job_status(line: &str) -> Option<(String, String)> {
+    if !line.contains("\"event\": \"JOB_STATUS_CHANGE\"") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let d = v.get("data")?;
+    Some((
+        d.get("id")?.as_str()?.to_owned(),
+        d.get("status")?.as_str()?.to_owned(),
+    ))
+}
+
+/// Removes drain pairs: a job's `paused` whose next status change is
+/// `running`. QEMU drains jobs around graph changes (a filter inserted, a
+/// BlockBackend attached or detached for an export), and how many pairs a
+/// change costs is an implementation detail that differs between versions
+/// (reference §4.8). A user's `job-pause` … `job-resume` collapses the same
+/// way on both sides; the commands' replies stay compared.
+pub fn drop_drain_pairs(entries: Vec<Entry>) -> Vec<Entry> {
+    let statuses: Vec<Option<(String, String)>> = entries
+        .iter()
+        .map(|e| match e {
+            Entry::Recv(l) => job_status(l),
+            _ => None,
+        })
+        .collect();
+    let mut drop = vec![false; entries.len()];
+    for (i, s) in statuses.iter().enumerate() {
+        let Some((id, status)) = s else { continue };
+        if status != "paused" || drop[i] {
+            continue;
+        }
+        let next = statuses
+            .iter()
+            .enumerate()
+            .skip(i + 1)
+            .find(|(_, s)| s.as_ref().is_some_and(|(j, _)| j == id));
+        if let Some((k, Some((_, st)))) = next {
+            if st == "running" {
+                drop[i] = true;
+                drop[k] = true;
+            }
+        }
+    }
+    entries
+        .into_iter()
+        .zip(drop)
+        .filter_map(|(e, d)| (!d).then_some(e))
+        .collect()
+}
+
 /// Moves job progress events out of line: they are compared as their own
 /// sequence, after everything else, in the order they arrived.
 ///
@@ -58,6 +110,7 @@ pub fn is_job_progress_event(line: &str) -> bool {
 /// whole run, before or after the command's reply (reference §1.8). Their
 /// order among themselves, and every other line's position, are compared.
 pub fn float_job_events(entries: Vec<Entry>) -> Vec<Entry> {
+    let entries = drop_drain_pairs(entries);
     let (floating, mut fixed): (Vec<Entry>, Vec<Entry>) = entries
         .into_iter()
         .partition(|e| matches!(e, Entry::Recv(l) if is_job_progress_event(l)));
@@ -153,6 +206,37 @@ mod tests {
                 Entry::Sent("q".into()),
                 ev("ready"),
                 ev("null")
+            ]
+        );
+    }
+
+    #[test]
+    fn drain_pairs_go_other_transitions_stay() {
+        let ev = |id: &str, s: &str| {
+            Entry::Recv(format!(
+                "{{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {{\"status\": \"{s}\", \"id\": \"{id}\"}}}}"
+            ))
+        };
+        let reply = Entry::Recv("{\"return\": {}}".into());
+        let e = vec![
+            ev("a", "running"),
+            ev("a", "paused"),
+            ev("b", "paused"),
+            reply.clone(),
+            ev("a", "running"),
+            ev("b", "aborting"),
+            ev("a", "paused"),
+            ev("a", "concluded"),
+        ];
+        assert_eq!(
+            drop_drain_pairs(e),
+            vec![
+                ev("a", "running"),
+                ev("b", "paused"),
+                reply,
+                ev("b", "aborting"),
+                ev("a", "paused"),
+                ev("a", "concluded"),
             ]
         );
     }
