@@ -157,8 +157,14 @@ impl Backup {
                 vec![("file".to_owned(), src), ("target".to_owned(), dst)],
             )
         };
-        let filter =
-            super::jobs::insert_filter(ctx, &id, driver, children, a.get_str("filter-node-name"))?;
+        let filter = super::jobs::insert_filter(
+            ctx,
+            &id,
+            driver,
+            children,
+            a.get_str("filter-node-name"),
+            true,
+        )?;
         let graph = ctx.machine.graph_mut();
         if let Some((node, name, granularity)) = &user_bitmap {
             // The user bitmap is frozen; a successor records new writes.

@@ -485,6 +485,7 @@ pub(super) fn common(driver: &str, a: &QDict, parent_ro: bool) -> Node {
         file: None,
         qcow2: None,
         bitmaps: Vec::new(),
+        implicit: false,
     }
 }
 
@@ -672,6 +673,10 @@ fn backing_overridden(graph: &Graph, node: &Node) -> bool {
 fn exact_filename(graph: &Graph, node: &Node) -> Option<String> {
     if let Some(f) = &node.file {
         return Some(f.filename.clone());
+    }
+    if node.implicit {
+        // An implicit job filter copies its child's names.
+        return file_child(graph, node).map(|c| filename(graph, c));
     }
     match node.driver.as_str() {
         // null_refresh_filename(): no option but the driver (recorded:

@@ -77,12 +77,43 @@ impl BlockCommit {
         } else {
             graph.node(top).map_or(0, |n| n.size)
         };
+        // The overlay right above top (intermediate commit).
+        let above = tpos.checked_sub(1).map(|i| chain[i]);
         let job = Job {
             base: Some(base),
             top: Some(top),
             waits_for_complete: top == dev,
             ..Job::new("", JobKind::Commit, dev, len)
         };
-        super::jobs::start(ctx, &self.args, job)
+        let id = a.get_str("job-id").unwrap_or_default().to_owned();
+        let reply = super::jobs::start(ctx, &self.args, job)?;
+        let name = a.get_str("filter-node-name");
+        match above {
+            // Active commit runs as a mirror: mirror_top above the device.
+            None => {
+                let filter = super::jobs::insert_filter(
+                    ctx,
+                    &id,
+                    "mirror_top",
+                    vec![("backing".to_owned(), dev)],
+                    name,
+                    true,
+                )?;
+                super::mirror::add_dirty_bitmap(ctx, filter, dev, 1 << 16);
+            }
+            // commit_top between the overlay above top and top.
+            Some(above) => {
+                let filter = super::jobs::insert_filter(
+                    ctx,
+                    &id,
+                    "commit_top",
+                    vec![("backing".to_owned(), top)],
+                    name,
+                    false,
+                )?;
+                ctx.machine.graph_mut().set_backing(above, Some(filter));
+            }
+        }
+        Ok(reply)
     }
 }

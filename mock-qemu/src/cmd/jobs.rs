@@ -46,23 +46,30 @@ pub(super) fn start(ctx: &mut Context<'_>, args: &QDict, job: Job) -> Result<Ret
 }
 
 /// Inserts the hidden filter node a job puts above its source
-/// (`mirror_top`, `copy-before-write`, …; named `filter-node-name` or a
-/// generated name) and gives it to the job, which removes it when it ends.
+/// (`mirror_top`, `copy-before-write`, …; named `filter-node-name`, else
+/// generated and implicit) and gives it to the job, which removes it when
+/// it ends. With `takes_parents`, the source's parents (nodes, exports)
+/// move to the filter (`bdrv_insert_node`).
 pub(super) fn insert_filter(
     ctx: &mut Context<'_>,
     job_id: &str,
     driver: &str,
     children: Vec<(String, crate::model::graph::NodeId)>,
     name: Option<&str>,
+    takes_parents: bool,
 ) -> Result<crate::model::graph::NodeId, QmpError> {
     let v = ctx.profile.version();
     let size = children
         .first()
         .and_then(|(_, c)| ctx.machine.graph().node(*c))
         .map_or(0, |n| n.size);
+    let source = children.first().map(|(_, c)| *c);
     let mut node = super::blockdev::common(driver, &QDict::new(), false);
     node.size = size;
     node.children = children;
+    node.implicit = name.is_none();
+    // commit_top only reads (the overlay above keeps writing to it).
+    node.read_only = driver == "commit_top";
     node.strong_options.put("driver", driver);
     let id = ctx
         .machine
@@ -72,6 +79,9 @@ pub(super) fn insert_filter(
             node,
         })
         .map_err(|e| super::desc::graph_error(v, &e))?;
+    if let (true, Some(s)) = (takes_parents, source) {
+        ctx.machine.graph_mut().replace_node(s, id);
+    }
     if let Some(j) = ctx.machine.job_entry(job_id) {
         j.filter = Some(id);
     }

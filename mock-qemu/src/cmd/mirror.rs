@@ -124,18 +124,28 @@ impl Mirror {
             "mirror_top",
             vec![("backing".to_owned(), src)],
             a.get_str("filter-node-name"),
+            true,
         )?;
-        // The mirror's dirty bitmap: disabled, on the filter (10.0); an
-        // enabled one on the source before.
-        let (on, recording) = if v > Version::V7_2 {
-            (filter, false)
-        } else {
-            (src, true)
-        };
-        if let Some(n) = ctx.machine.graph_mut().node_mut(on) {
-            n.bitmaps
-                .push(anonymous_bitmap(filter, granularity, 0, recording));
-        }
+        add_dirty_bitmap(ctx, filter, src, granularity);
         Ok(reply)
+    }
+}
+
+/// The mirror's dirty bitmap (mirror and active commit): disabled, on the
+/// filter (10.0); an enabled one on the source before (recorded).
+pub(super) fn add_dirty_bitmap(
+    ctx: &mut Context<'_>,
+    filter: NodeId,
+    src: NodeId,
+    granularity: u64,
+) {
+    let (on, recording) = if ctx.profile.version() > Version::V7_2 {
+        (filter, false)
+    } else {
+        (src, true)
+    };
+    if let Some(n) = ctx.machine.graph_mut().node_mut(on) {
+        n.bitmaps
+            .push(anonymous_bitmap(filter, granularity, 0, recording));
     }
 }

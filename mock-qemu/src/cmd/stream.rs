@@ -51,6 +51,19 @@ impl BlockStream {
             base,
             ..Job::new("", JobKind::Stream, top, len)
         };
-        super::jobs::start(ctx, &self.args, job)
+        let id = a.get_str("job-id").unwrap_or_default().to_owned();
+        let reply = super::jobs::start(ctx, &self.args, job)?;
+        // 6.0 on: a copy-on-read filter above the top while it streams.
+        if v >= crate::profile::Version::V7_2 {
+            super::jobs::insert_filter(
+                ctx,
+                &id,
+                "copy-on-read",
+                vec![("file".to_owned(), top)],
+                a.get_str("filter-node-name"),
+                true,
+            )?;
+        }
+        Ok(reply)
     }
 }

@@ -117,6 +117,9 @@ pub struct Node {
     pub qcow2: Option<Qcow2Facts>,
     /// Dirty bitmaps, oldest first.
     pub bitmaps: Vec<Bitmap>,
+    /// A job's filter inserted without `filter-node-name` (`bs->implicit`):
+    /// it takes its child's file name.
+    pub implicit: bool,
 }
 
 /// Block permissions as QEMU's file locks name them, in QEMU's bit order
@@ -325,13 +328,54 @@ impl Graph {
         Ok(())
     }
 
-    /// Removes a job's filter node and the bitmaps it owns; its children
-    /// stay (the job's end puts the graph back as it was).
-    pub fn remove_filter(&mut self, id: NodeId) {
-        if self.nodes.remove(&id).is_some() {
-            for n in self.nodes.values_mut() {
-                n.bitmaps.retain(|b| b.owner != Some(id));
+    /// Whether `id` is `from` or below it.
+    fn reaches(&self, from: NodeId, id: NodeId) -> bool {
+        from == id
+            || self
+                .nodes
+                .get(&from)
+                .is_some_and(|n| n.children.iter().any(|(_, c)| self.reaches(*c, id)))
+    }
+
+    /// `bdrv_replace_node(from, to)`: every parent of `from` (node edges
+    /// and BlockBackends) now points to `to`, except parents below `to`
+    /// (that would make a loop, e.g. `to` itself or a backup target whose
+    /// backing is the source).
+    pub fn replace_node(&mut self, from: NodeId, to: NodeId) {
+        let parents: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.children.iter().any(|(_, c)| *c == from))
+            .map(|(id, _)| *id)
+            .filter(|p| !self.reaches(to, *p))
+            .collect();
+        for p in parents {
+            if let Some(n) = self.nodes.get_mut(&p) {
+                for (_, c) in &mut n.children {
+                    if *c == from {
+                        *c = to;
+                    }
+                }
             }
+        }
+        self.move_backends(from, to);
+    }
+
+    /// Removes a job's filter node and the bitmaps it owns: what pointed
+    /// to it points to its filtered child again (`bdrv_drop_filter`), and
+    /// children nothing else holds go.
+    pub fn remove_filter(&mut self, id: NodeId, filtered: Option<NodeId>) {
+        if let Some(f) = filtered {
+            self.replace_node(id, f);
+        }
+        let Some(node) = self.nodes.remove(&id) else {
+            return;
+        };
+        for n in self.nodes.values_mut() {
+            n.bitmaps.retain(|b| b.owner != Some(id));
+        }
+        for (_, c) in node.children {
+            self.free_unused(c);
         }
     }
 
@@ -397,9 +441,11 @@ impl Graph {
     /// Replaces (or removes) a node's backing child.
     pub fn set_backing(&mut self, id: NodeId, backing: Option<NodeId>) {
         if let Some(n) = self.nodes.get_mut(&id) {
-            n.children.retain(|(r, _)| r != "backing");
-            if let Some(b) = backing {
-                n.children.push(("backing".into(), b));
+            match (n.children.iter_mut().find(|(r, _)| r == "backing"), backing) {
+                // Replaced in place: the child keeps its position.
+                (Some(slot), Some(b)) => slot.1 = b,
+                (_, None) => n.children.retain(|(r, _)| r != "backing"),
+                (None, Some(b)) => n.children.push(("backing".into(), b)),
             }
         }
     }
@@ -533,6 +579,7 @@ mod tests {
             file: None,
             qcow2: None,
             bitmaps: vec![],
+            implicit: false,
         }
     }
 

@@ -464,7 +464,13 @@ impl Machine {
     /// (with the bitmaps it owns), a user bitmap, a target it opened.
     fn clean_job(&mut self, job: &Job) {
         if let Some(f) = job.filter {
-            self.graph.remove_filter(f);
+            // The filtered child: `file` (copy-on-read, copy-before-write)
+            // or `backing` (mirror_top, commit_top, backup-top).
+            let filtered = self
+                .graph
+                .child(f, "file")
+                .or_else(|| self.graph.child(f, "backing"));
+            self.graph.remove_filter(f, filtered);
         }
         if let Some((node, name)) = &job.user_bitmap {
             if let Some(b) = self
@@ -493,15 +499,22 @@ impl Machine {
                 // target; in qemu-storage-daemon often nothing holds either
                 // (recorded). A soft cancel after ready does not pivot.
                 if let (false, Some(target)) = (job.no_pivot, job.base) {
-                    self.graph.move_backends(job.node, target);
+                    // The parents sit on the job's filter while it runs.
+                    let from = job.filter.unwrap_or(job.node);
+                    self.graph.replace_node(from, target);
                     self.graph.free_unused(job.node);
                     self.graph_generation += 1;
                 }
             }
             jobs::JobKind::Commit if job.top == Some(job.node) => {
-                // Active commit: the top's parents would move to the base.
-                // Nothing else holds the node in qemu-storage-daemon, so the
-                // graph stays as it is (recorded).
+                // Active commit: the top's parents (on the filter while the
+                // job runs) move to the base; in qemu-storage-daemon often
+                // nothing holds the top, so the graph stays (recorded).
+                if let Some(base) = job.base {
+                    self.graph
+                        .replace_node(job.filter.unwrap_or(job.node), base);
+                    self.graph_generation += 1;
+                }
             }
             jobs::JobKind::Commit => {
                 // The overlay above `top` now reads from `base`; `top` and
@@ -509,12 +522,17 @@ impl Machine {
                 let (Some(top), Some(base)) = (job.top, job.base) else {
                     return;
                 };
+                // The overlay above top (past the job's commit_top filter).
                 let mut above = job.node;
-                while let Some(b) = self.graph.child(above, "backing") {
+                let mut cur = job.node;
+                while let Some(b) = self.graph.child(cur, "backing") {
                     if b == top {
                         break;
                     }
-                    above = b;
+                    if Some(b) != job.filter {
+                        above = b;
+                    }
+                    cur = b;
                 }
                 self.graph.set_backing(above, Some(base));
                 self.graph.free_unused(top);
