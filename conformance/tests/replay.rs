@@ -13,12 +13,16 @@
 //!   longer matches real QEMU.
 //!
 //! A difference is a mock bug (or a changed QEMU), never a fixture to edit.
+//! A case listed in `fixtures/known-divergences/<mock|qemu>.txt` passes
+//! when it differs (the reason is on the list) and fails once it stops
+//! differing, so the lists only shrink (as `qmp-conform run` does).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use conformance::compare::Mode;
 use conformance::play::PlayOptions;
+use conformance::report::KnownDivergences;
 use conformance::runner::{describe_failure, run_case, Outcome};
 use conformance::scenario::Scenario;
 use conformance::suite;
@@ -142,6 +146,10 @@ fn main() {
     let scenarios: Arc<Vec<Scenario>> =
         Arc::new(suite::scenarios(&fixtures).expect("reading scenarios"));
     let real = std::env::var("QMP_CONFORM_REAL").is_ok_and(|v| v == "1");
+    let known_mock =
+        Arc::new(KnownDivergences::load(&fixtures, "mock").expect("reading known divergences"));
+    let known_qemu =
+        Arc::new(KnownDivergences::load(&fixtures, "qemu").expect("reading known divergences"));
     let mut trials = Vec::new();
     let profiles = suite::recorded_profiles(&fixtures);
     assert!(
@@ -156,6 +164,17 @@ fn main() {
             let id = Arc::new(id);
             for kind in [Kind::Mock, Kind::MockBin, Kind::Qemu] {
                 let name = format!("{}/{flavor}/{id}@{}", version.name(), kind.name());
+                let known = match kind {
+                    Kind::Mock | Kind::MockBin => &known_mock,
+                    Kind::Qemu => &known_qemu,
+                };
+                let listed = known
+                    .reason(&format!("{}/{flavor}/{id}", version.name()))
+                    .map(str::to_owned);
+                let list = match kind {
+                    Kind::Mock | Kind::MockBin => "mock",
+                    Kind::Qemu => "qemu",
+                };
                 let scenarios = Arc::clone(&scenarios);
                 let golden = golden.clone();
                 let id = Arc::clone(&id);
@@ -166,7 +185,16 @@ fn main() {
                     let i = idx.ok_or_else(|| {
                         format!("golden {} has no scenario {id}.qmp", golden.display())
                     })?;
-                    run(kind, version, flavor, &scenarios[i], &golden)
+                    let result = run(kind, version, flavor, &scenarios[i], &golden);
+                    match (result, &listed) {
+                        (result, None) => result,
+                        // A known divergence: differing is expected.
+                        (Err(_), Some(_)) => Ok(()),
+                        (Ok(()), Some(reason)) => Err(format!(
+                            "listed as a known divergence ({reason}) but passes: remove it from fixtures/known-divergences/{list}.txt"
+                        )
+                        .into()),
+                    }
                 })
                 .with_kind(kind.name())
                 .with_ignored_flag(ignored);
