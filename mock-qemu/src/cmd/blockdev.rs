@@ -67,6 +67,54 @@ impl BlockdevAdd {
     }
 }
 
+/// What a node's options default to: a child's come from its parent
+/// (`bdrv_inherited_options()`, `bdrv_backing_options()`), a top-level
+/// node's from `blockdev-add`'s defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Inherited {
+    read_only: bool,
+    auto_read_only: bool,
+    direct: bool,
+    no_flush: bool,
+    force_share: bool,
+    /// `discard=unmap` (children default to it, a top-level node does not).
+    unmap: bool,
+}
+
+impl Inherited {
+    /// A top-level node (`blockdev-add`, or a node QEMU opens itself).
+    pub(super) fn top(read_only: bool) -> Self {
+        Inherited {
+            read_only,
+            ..Inherited::default()
+        }
+    }
+
+    /// What a `file` (or other non-COW) child of `parent` inherits: cache
+    /// modes, force-share, read-only and auto-read-only; discard unmap.
+    fn child_of(parent: &Node) -> Self {
+        Inherited {
+            read_only: parent.read_only,
+            auto_read_only: parent.auto_read_only,
+            direct: parent.cache.direct,
+            no_flush: parent.cache.no_flush,
+            force_share: parent.force_share,
+            unmap: true,
+        }
+    }
+
+    /// What a backing (COW) child of `parent` gets: read-only unless it
+    /// says otherwise, never auto-read-only; cache modes and force-share
+    /// inherited.
+    fn backing_of(parent: &Node) -> Self {
+        Inherited {
+            read_only: true,
+            auto_read_only: false,
+            ..Inherited::child_of(parent)
+        }
+    }
+}
+
 /// Opens a node definition and its children, as `bdrv_open_inherit()`:
 /// the `file` child first, then the node itself (its name), then `backing`.
 pub(super) struct Opener<'c, 'a> {
@@ -83,7 +131,7 @@ impl Opener<'_, '_> {
     }
 
     /// A child given by reference (a node name) or inline.
-    fn child(&mut self, def: &QObject, parent_ro: bool) -> Result<NodeId, QmpError> {
+    fn child(&mut self, def: &QObject, inherit: Inherited) -> Result<NodeId, QmpError> {
         match def {
             QObject::Str(name) => self
                 .ctx
@@ -91,7 +139,7 @@ impl Opener<'_, '_> {
                 .graph()
                 .find(name)
                 .ok_or_else(|| desc::node_lookup(self.ctx.profile.version(), name, name)),
-            QObject::Dict(d) => self.open(d, parent_ro, false),
+            QObject::Dict(d) => self.open_inherit(d, inherit, false),
             _ => Err(self.unsupported("?")),
         }
     }
@@ -122,7 +170,8 @@ impl Opener<'_, '_> {
         let Some(file_def) = a.get("file") else {
             return Err(QmpError::generic("Parameter 'file' is missing"));
         };
-        let file = self.child(file_def, node.read_only)?;
+        let file = self.child(file_def, Inherited::child_of(&node))?;
+        open_checks(&node)?;
         self.check_name(name.as_deref())?;
         node.size = self.ctx.machine.graph().node(file).map_or(0, |f| f.size);
         node.strong_options.put("driver", node.driver.clone());
@@ -146,7 +195,7 @@ impl Opener<'_, '_> {
             }
             "copy-before-write" => {
                 let def = a.get("target").cloned().unwrap_or(QObject::Null);
-                let t = self.child(&def, false)?;
+                let t = self.child(&def, Inherited::child_of(&node))?;
                 node.children.push(("target".into(), t));
                 target = Some(t);
             }
@@ -184,10 +233,11 @@ impl Opener<'_, '_> {
             }
         }
         node.strong_options = strong;
-        let read_only = node.read_only;
+        open_checks(&node)?;
+        let inherit = Inherited::child_of(&node);
         // Named (listed) before blkdebug_open() opens the image.
         let id = self.insert(name, node)?;
-        let image = self.child(image_def, read_only)?;
+        let image = self.child(image_def, inherit)?;
         let size = self.ctx.machine.graph().node(image).map_or(0, |f| f.size);
         let graph = self.ctx.machine.graph_mut();
         if let Some(n) = graph.node_mut(id) {
@@ -224,10 +274,21 @@ impl Opener<'_, '_> {
         self.ctx.machine.graph_mut().discard(&created);
     }
 
+    /// Opens a node at the top level (`blockdev-add`, or a node QEMU
+    /// opens itself), read-only if `read_only`; `top`: monitor-owned.
     pub(super) fn open(
         &mut self,
         a: &QDict,
-        parent_ro: bool,
+        read_only: bool,
+        top: bool,
+    ) -> Result<NodeId, QmpError> {
+        self.open_inherit(a, Inherited::top(read_only), top)
+    }
+
+    fn open_inherit(
+        &mut self,
+        a: &QDict,
+        inherit: Inherited,
         top: bool,
     ) -> Result<NodeId, QmpError> {
         let driver = a
@@ -239,10 +300,16 @@ impl Opener<'_, '_> {
             .get("node-name")
             .and_then(QObject::as_str)
             .map(str::to_owned);
-        let mut node = common(&driver, a, parent_ro);
+        let mut node = common_with(&driver, a, inherit);
         node.monitor_owned = top;
         match driver.as_str() {
             "null-co" | "null-aio" => {
+                open_checks(&node)?;
+                self.check_name(name.as_deref())?;
+                // null_file_open().
+                if int_opt(a, "latency-ns").is_some_and(|l| l < 0) {
+                    return Err(QmpError::generic("latency-ns is invalid"));
+                }
                 node = null_node(node, a);
                 self.insert(name, node)
             }
@@ -251,6 +318,7 @@ impl Opener<'_, '_> {
             }
             "blkdebug" => self.open_blkdebug(a, name, node),
             "file" => {
+                open_checks(&node)?;
                 let filename = a
                     .get("filename")
                     .and_then(QObject::as_str)
@@ -269,7 +337,15 @@ impl Opener<'_, '_> {
                 let Some(file_def) = a.get("file") else {
                     return Err(self.unsupported(&driver));
                 };
-                let file = self.child(file_def, node.read_only)?;
+                let file = self.child(file_def, Inherited::child_of(&node))?;
+                open_checks(&node)?;
+                if driver == "raw" {
+                    // raw passes its child through: its size is the child's.
+                    self.check_name(name.as_deref())?;
+                    node.size = self.ctx.machine.graph().node(file).map_or(0, |f| f.size);
+                    node.children.push(("file".into(), file));
+                    return self.insert(name, node);
+                }
                 // The image is read through filters (blkdebug's `image`).
                 let graph = self.ctx.machine.graph();
                 let mut protocol = file;
@@ -280,26 +356,23 @@ impl Opener<'_, '_> {
                     }
                 }
                 let facts = graph.node(protocol).and_then(|f| f.file.clone());
-                if driver == "raw" {
-                    node.size = facts.as_ref().map_or(0, |f| f.size.div_ceil(512) * 512);
-                    node.children.push(("file".into(), file));
-                    return self.insert(name, node);
-                }
                 let Some(facts) = facts else {
                     return Err(self.unsupported("qcow2 over a non-file node"));
                 };
                 // The node's name is taken before its driver reads the image.
-                if let Some(n) = &name {
-                    let v = self.ctx.profile.version();
-                    self.ctx
-                        .machine
-                        .graph()
-                        .check_new_name(n)
-                        .map_err(|e| desc::graph_error(v, &e))?;
-                }
-                // Attaching the file child takes its locks: a metadata child
-                // is not shared for writing, and written when writable.
+                self.check_name(name.as_deref())?;
+                // Attaching the file child (bdrv_open_file_child()) updates
+                // its permissions: a writable format node writes its
+                // metadata, which a read-only child refuses; then the
+                // child's users must agree, then the file locks.
                 let graph = self.ctx.machine.graph();
+                let v = self.ctx.profile.version();
+                if !node.read_only && graph.node(file).is_some_and(|f| f.read_only) {
+                    return Err(QmpError::generic(desc::NODE_READ_ONLY));
+                }
+                // A metadata child is not shared for writing, and written
+                // when writable.
+                let force_share = graph.node(file).is_some_and(|f| f.force_share);
                 let mut want = graph.locks(protocol);
                 want.perm |= PERM_READ
                     | if node.read_only {
@@ -307,7 +380,9 @@ impl Opener<'_, '_> {
                     } else {
                         PERM_WRITE | PERM_RESIZE
                     };
-                want.unshared |= PERM_WRITE | PERM_RESIZE;
+                if !force_share {
+                    want.unshared |= PERM_WRITE | PERM_RESIZE;
+                }
                 if let Some(msg) = graph.lock_conflict(protocol, want) {
                     return Err(QmpError::generic(msg));
                 }
@@ -326,12 +401,18 @@ impl Opener<'_, '_> {
                     Some(_) => None,
                 };
                 node.qcow2 = Some(header);
+                let backing_inherit = Inherited::backing_of(&node);
                 let id = self.insert(name, node)?;
                 let backing = match a.get("backing") {
                     Some(QObject::Null) => None,
-                    Some(def) => Some(self.child(def, true)?),
+                    Some(def) => Some(
+                        self.child(def, backing_inherit)
+                            .map_err(|e| backing_error(v, e))?,
+                    ),
                     None => match implicit_backing {
-                        Some((path, fmt)) => Some(self.open_backing_file(&path, fmt.as_deref())?),
+                        Some((path, fmt)) => {
+                            Some(self.open_backing_file(&path, fmt.as_deref(), backing_inherit)?)
+                        }
                         None => None,
                     },
                 };
@@ -346,7 +427,12 @@ impl Opener<'_, '_> {
 
     /// The backing file named in an image header, opened read-only with
     /// generated names (format from the header, else probed).
-    fn open_backing_file(&mut self, path: &str, format: Option<&str>) -> Result<NodeId, QmpError> {
+    fn open_backing_file(
+        &mut self,
+        path: &str,
+        format: Option<&str>,
+        inherit: Inherited,
+    ) -> Result<NodeId, QmpError> {
         let mut file = QDict::new();
         file.put("driver", "file");
         file.put("filename", path);
@@ -360,8 +446,9 @@ impl Opener<'_, '_> {
         let mut def = QDict::new();
         def.put("driver", format);
         def.put("file", file);
-        self.open(&def, true, false)
-            .map_err(|e| QmpError::new(e.class, format!("Could not open backing file: {}", e.desc)))
+        let v = self.ctx.profile.version();
+        self.open_inherit(&def, inherit, false)
+            .map_err(|e| backing_error(v, e))
     }
 }
 
@@ -458,23 +545,29 @@ fn flatten(out: &mut QDict, prefix: &str, v: &QObject) {
     }
 }
 
-/// The options every driver shares.
-pub(super) fn common(driver: &str, a: &QDict, parent_ro: bool) -> Node {
-    let cache = match a.get("cache") {
-        Some(QObject::Dict(c)) => Cache {
-            direct: bool_opt(c, "direct").unwrap_or(false),
-            no_flush: bool_opt(c, "no-flush").unwrap_or(false),
-        },
-        _ => Cache::default(),
-    };
+/// The options every driver shares, for a top-level node.
+pub(super) fn common(driver: &str, a: &QDict, read_only: bool) -> Node {
+    common_with(driver, a, Inherited::top(read_only))
+}
+
+/// The options every driver shares; what `a` does not set comes from
+/// `inherit`.
+fn common_with(driver: &str, a: &QDict, inherit: Inherited) -> Node {
+    let cache = a.get("cache").and_then(QObject::as_dict);
+    let cache_opt = |key| cache.and_then(|c| bool_opt(c, key));
     Node {
         name: String::new(),
         driver: driver.to_owned(),
         strong_options: QDict::new(),
-        // Inline children inherit read-only from their parent.
-        read_only: bool_opt(a, "read-only").unwrap_or(parent_ro),
+        read_only: bool_opt(a, "read-only").unwrap_or(inherit.read_only),
+        auto_read_only: bool_opt(a, "auto-read-only").unwrap_or(inherit.auto_read_only),
+        force_share: bool_opt(a, "force-share").unwrap_or(inherit.force_share),
+        unmap: a.get_str("discard").map_or(inherit.unmap, |d| d == "unmap"),
         size: 0,
-        cache,
+        cache: Cache {
+            direct: cache_opt("direct").unwrap_or(inherit.direct),
+            no_flush: cache_opt("no-flush").unwrap_or(inherit.no_flush),
+        },
         detect_zeroes: a
             .get("detect-zeroes")
             .and_then(QObject::as_str)
@@ -487,6 +580,27 @@ pub(super) fn common(driver: &str, a: &QDict, parent_ro: bool) -> Node {
         bitmaps: Vec::new(),
         implicit: false,
     }
+}
+
+/// `bdrv_open_common()`'s checks of the shared options, made before the
+/// node is named and its driver opens it.
+fn open_checks(node: &Node) -> Result<(), QmpError> {
+    if node.force_share && !node.read_only {
+        return Err(QmpError::generic(
+            "force-share=on can only be used with read-only images",
+        ));
+    }
+    if node.detect_zeroes == "unmap" && !node.unmap {
+        return Err(QmpError::generic(
+            "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap",
+        ));
+    }
+    Ok(())
+}
+
+/// An error opening a backing child (`bdrv_open_backing_file()`).
+fn backing_error(_v: Version, e: QmpError) -> QmpError {
+    QmpError::new(e.class, format!("Could not open backing file: {}", e.desc))
 }
 
 fn null_node(node: Node, a: &QDict) -> Node {
@@ -766,7 +880,8 @@ fn get_info(graph: &Graph, node: &Node) -> Option<(Option<u64>, bool)> {
     }
     match node.driver.as_str() {
         "null-co" | "null-aio" | "snapshot-access" => None,
-        d if is_filter(d) => file_child(graph, node).and_then(|c| get_info(graph, c)),
+        // raw_co_get_info() asks its file child too.
+        d if is_filter(d) || d == "raw" => file_child(graph, node).and_then(|c| get_info(graph, c)),
         _ => Some((None, false)),
     }
 }
@@ -858,8 +973,13 @@ fn node_info(ctx: &Context<'_>, id: NodeId, flat: bool) -> Result<QDict, QmpErro
     d.put("node-name", node.name.clone());
     d.put("ro", node.read_only);
     d.put("drv", node.driver.clone());
-    if let Some(b) = node.qcow2.as_ref().and_then(|q| q.backing_file.clone()) {
-        d.put("backing_file", b);
+    // bdrv_cow_bs(): filters have no COW child.
+    let backing = graph
+        .child(id, "backing")
+        .filter(|_| !is_filter(&node.driver))
+        .and_then(|b| graph.node(b));
+    if let Some(b) = backing {
+        d.put("backing_file", filename(graph, b));
     }
     d.put("backing_file_depth", depth);
     d.put("encrypted", false);

@@ -52,3 +52,7 @@ pub fn mirror_size_mismatch(v: Version) -> String {
 
 /// `blockdev-add` without a node name at the top level (all versions).
 pub const ROOT_NEEDS_NODE_NAME: &str = "'node-name' must be specified for the root node";
+
+/// A user needs to write to a read-only node (`bdrv_node_refresh_perm`,
+/// all versions).
+pub const NODE_READ_ONLY: &str = "Block node is read-only";

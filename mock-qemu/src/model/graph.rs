@@ -100,6 +100,12 @@ pub struct Node {
     pub strong_options: QDict,
     /// Opened read-only.
     pub read_only: bool,
+    /// `auto-read-only`: may fall back to read-only.
+    pub auto_read_only: bool,
+    /// `force-share`: shares every permission with other users.
+    pub force_share: bool,
+    /// `discard=unmap`.
+    pub unmap: bool,
     /// Virtual size in bytes.
     pub size: u64,
     /// Cache mode.
@@ -307,12 +313,7 @@ impl Graph {
         if self.backends.iter().any(|(_, n)| *n == id) {
             return Err(GraphError::HasBackend(name.to_owned()));
         }
-        let backing_parent = self.nodes.values().find(|p| {
-            p.children
-                .iter()
-                .any(|(role, c)| *c == id && role == "backing")
-        });
-        if let Some(p) = backing_parent {
+        if let Some(p) = self.backing_parent(id) {
             return Err(GraphError::BusyBacking {
                 node: name.to_owned(),
                 parent: p.name.clone(),
@@ -399,6 +400,35 @@ impl Graph {
                 *n = to;
             }
         }
+    }
+
+    /// Whether some user reads `id` consistently (`BLK_PERM_CONSISTENT_READ`
+    /// in its cumulative permissions): a BlockBackend, a format driver's
+    /// metadata child, or a child through which a reader of its parent
+    /// reads (filters, raw, backing files).
+    pub fn has_reader(&self, id: NodeId) -> bool {
+        if self.backends.iter().any(|(_, n)| *n == id) {
+            return true;
+        }
+        self.nodes.iter().any(|(pid, p)| {
+            p.children.iter().any(|(role, c)| {
+                *c == id
+                    && match role.as_str() {
+                        "file" if p.driver == "qcow2" || p.driver == "snapshot-access" => true,
+                        "file" | "backing" | "image" => self.has_reader(*pid),
+                        _ => false,
+                    }
+            })
+        })
+    }
+
+    /// The newest parent holding `id` as its backing file (QEMU lists op
+    /// blockers newest first).
+    pub fn backing_parent(&self, id: NodeId) -> Option<&Node> {
+        self.nodes
+            .values()
+            .rev()
+            .find(|p| p.children.iter().any(|(r, c)| *c == id && r == "backing"))
     }
 
     /// Whether a parent node or a BlockBackend holds `id`.
@@ -571,6 +601,9 @@ mod tests {
             driver: driver.into(),
             strong_options: QDict::new(),
             read_only: false,
+            auto_read_only: false,
+            force_share: false,
+            unmap: false,
             size: 1 << 30,
             cache: Cache::default(),
             detect_zeroes: "off".into(),
