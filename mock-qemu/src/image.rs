@@ -8,7 +8,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::model::graph::{FileFacts, Qcow2Facts};
+use crate::model::graph::{FileFacts, Qcow2Facts, StoredBitmap};
 
 /// Why an image could not be opened. The command layer words these as QEMU.
 #[derive(Debug, thiserror::Error)]
@@ -331,6 +331,10 @@ fn be64(b: &[u8], at: usize) -> u64 {
 
 const QCOW2_MAGIC: u32 = 0x5146_49fb;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+const EXT_BITMAPS: u32 = 0x2385_2875;
+/// The most of a bitmap directory the mock reads (65535 entries of a
+/// 1023-byte name each fit).
+const MAX_BITMAP_DIRECTORY: u64 = 64 * 1024 * 1024;
 /// Largest header area read (QEMU limits the header and extensions to a cluster).
 const HEADER_READ: usize = 64 * 1024;
 
@@ -346,7 +350,45 @@ pub fn read_qcow2(filename: &str) -> Result<Qcow2Facts, ImageError> {
         .take(HEADER_READ as u64)
         .read_to_end(&mut buf)
         .map_err(err)?;
-    parse_qcow2(&buf, Path::new(filename))
+    let mut facts = parse_qcow2(&buf, Path::new(filename))?;
+    if let Some((offset, size)) = facts
+        .bitmap_directory
+        .filter(|(_, size)| *size <= MAX_BITMAP_DIRECTORY)
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut dir = Vec::new();
+        f.seek(SeekFrom::Start(offset)).map_err(err)?;
+        f.take(size).read_to_end(&mut dir).map_err(err)?;
+        facts.bitmaps = parse_bitmap_directory(&dir);
+    }
+    Ok(facts)
+}
+
+/// The entries of a qcow2 bitmap directory (`Qcow2BitmapDirEntry`): each
+/// is 24 bytes, then extra data, then the name, padded to 8 bytes.
+pub fn parse_bitmap_directory(dir: &[u8]) -> Vec<StoredBitmap> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at + 24 <= dir.len() {
+        let flags = be32(dir, at + 12);
+        let granularity_bits = u32::from(dir[at + 17]);
+        let name_size = usize::from(u16::from_be_bytes([dir[at + 18], dir[at + 19]]));
+        let extra = be32(dir, at + 20) as usize;
+        let Some(name_at) = (at + 24).checked_add(extra) else {
+            break;
+        };
+        let Some(end) = name_at.checked_add(name_size).filter(|e| *e <= dir.len()) else {
+            break;
+        };
+        out.push(StoredBitmap {
+            name: String::from_utf8_lossy(&dir[name_at..end]).into_owned(),
+            granularity: 1u64 << granularity_bits.min(63),
+            in_use: flags & 1 != 0,
+            auto: flags & 2 != 0,
+        });
+        at += (24 + extra + name_size).div_ceil(8) * 8;
+    }
+    out
 }
 
 /// Parses a qcow2 header (`buf` = the start of the file).
@@ -405,6 +447,8 @@ pub fn parse_qcow2(buf: &[u8], path: &Path) -> Result<Qcow2Facts, ImageError> {
     };
     // Header extensions follow the header.
     let mut backing_format = None;
+    let mut bitmap_directory = None;
+    let autoclear = if version >= 3 { be64(buf, 88) } else { 0 };
     let mut at = header_len;
     while at + 8 <= buf.len() {
         let (magic, len) = (be32(buf, at), be32(buf, at + 4) as usize);
@@ -416,6 +460,12 @@ pub fn parse_qcow2(buf: &[u8], path: &Path) -> Result<Qcow2Facts, ImageError> {
         }
         if magic == EXT_BACKING_FORMAT {
             backing_format = Some(String::from_utf8_lossy(&buf[at + 8..end]).into_owned());
+        }
+        // Honoured only while the autoclear bit says the extension is
+        // valid (an older writer clears it).
+        if magic == EXT_BITMAPS && len >= 24 && autoclear & 1 != 0 {
+            let be64 = |at: usize| u64::from_be_bytes(buf[at..at + 8].try_into().unwrap_or([0; 8]));
+            bitmap_directory = Some((be64(at + 8 + 16), be64(at + 8 + 8)));
         }
         at = match (at + 8).checked_add(len.div_ceil(8) * 8) {
             Some(next) => next,
@@ -447,6 +497,8 @@ pub fn parse_qcow2(buf: &[u8], path: &Path) -> Result<Qcow2Facts, ImageError> {
         lazy_refcounts: compatible & 1 != 0,
         refcount_bits: 1u32 << refcount_order.min(6),
         compression_zstd: compression_type == 1,
+        bitmap_directory,
+        bitmaps: Vec::new(),
     })
 }
 

@@ -8,6 +8,7 @@
 use super::desc;
 use super::{Context, Return};
 use crate::model::graph::{Bitmap, NodeId};
+use crate::profile::Version;
 use crate::qmp::error::QmpError;
 use crate::qmp::qobject::{QDict, QNum, QObject};
 
@@ -22,6 +23,36 @@ fn node(ctx: &Context<'_>, name: &str) -> Result<NodeId, QmpError> {
         .find(name)
         .ok_or_else(|| desc::node_lookup(ctx.profile.version(), name, name))
 }
+
+/// `block_dirty_bitmap_lookup()`'s node lookup, with its own message.
+fn lookup_node(ctx: &Context<'_>, name: &str) -> Result<NodeId, QmpError> {
+    ctx.machine
+        .graph()
+        .find(name)
+        .ok_or_else(|| QmpError::generic(format!("Node '{name}' not found")))
+}
+
+/// Longest bitmap name (`BDRV_BITMAP_MAX_NAME_SIZE`).
+const MAX_NAME: usize = 1023;
+
+/// What `bdrv_dirty_bitmap_check()` is asked to refuse.
+#[derive(Debug, Clone, Copy)]
+struct Refuse {
+    busy: bool,
+    readonly: bool,
+}
+
+/// `BDRV_BITMAP_DEFAULT`: busy and read-only bitmaps cannot change.
+const DEFAULT: Refuse = Refuse {
+    busy: true,
+    readonly: true,
+};
+
+/// `BDRV_BITMAP_ALLOW_RO`: read-only bitmaps may (enable, disable).
+const ALLOW_RO: Refuse = Refuse {
+    busy: true,
+    readonly: false,
+};
 
 fn not_found(name: &str) -> QmpError {
     QmpError::generic(format!("Dirty bitmap '{name}' not found"))
@@ -40,17 +71,31 @@ fn find(ctx: &Context<'_>, node: NodeId, name: &str) -> Result<usize, QmpError> 
         .ok_or_else(|| not_found(name))
 }
 
-/// `bdrv_dirty_bitmap_check()`: a bitmap an operation holds cannot change.
-fn check_not_busy(ctx: &Context<'_>, node: NodeId, i: usize, name: &str) -> Result<(), QmpError> {
-    let busy = ctx
+/// `bdrv_dirty_bitmap_check()`: a bitmap an operation holds cannot change,
+/// nor (unless allowed) one loaded from a read-only image.
+fn check(
+    ctx: &Context<'_>,
+    node: NodeId,
+    i: usize,
+    name: &str,
+    refuse: Refuse,
+) -> Result<(), QmpError> {
+    let Some(b) = ctx
         .machine
         .graph()
         .node(node)
         .and_then(|n| n.bitmaps.get(i))
-        .is_some_and(|b| b.busy);
-    if busy {
+    else {
+        return Ok(());
+    };
+    if refuse.busy && b.busy {
         return Err(QmpError::generic(format!(
             "Bitmap '{name}' is currently in use by another operation and cannot be used"
+        )));
+    }
+    if refuse.readonly && b.readonly {
+        return Err(QmpError::generic(format!(
+            "Bitmap '{name}' is readonly and cannot be modified"
         )));
     }
     Ok(())
@@ -98,11 +143,9 @@ impl BitmapAdd {
                 ))
             }
             Some(g) => g,
-            // bdrv_get_default_bitmap_granularity(): the cluster size, at least 64 KiB.
-            None => n
-                .qcow2
-                .as_ref()
-                .map_or(65536, |q| q.cluster_size.max(65536)),
+            // bdrv_get_default_bitmap_granularity(): the cluster size
+            // within [4 KiB, 64 KiB], else 64 KiB.
+            None => default_granularity(ctx, id),
         };
         if self.persistent && n.driver != "qcow2" {
             return Err(QmpError::generic(format!(
@@ -110,12 +153,19 @@ impl BitmapAdd {
                 n.name
             )));
         }
+        // bdrv_create_dirty_bitmap().
         if n.bitmaps
             .iter()
             .any(|b| b.name.as_deref() == Some(self.name.as_str()))
         {
             return Err(QmpError::generic(format!(
                 "Bitmap already exists: {}",
+                self.name
+            )));
+        }
+        if self.name.len() > MAX_NAME {
+            return Err(QmpError::generic(format!(
+                "Bitmap name too long: {}",
                 self.name
             )));
         }
@@ -128,6 +178,8 @@ impl BitmapAdd {
                 count: 0,
                 owner: None,
                 busy: false,
+                readonly: false,
+                locked: false,
                 tracks_progress: false,
             });
         }
@@ -154,9 +206,13 @@ impl BitmapVerb {
     }
 
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
-        let id = node(ctx, &self.node)?;
+        let id = lookup_node(ctx, &self.node)?;
         let i = find(ctx, id, &self.name)?;
-        check_not_busy(ctx, id, i, &self.name)?;
+        let refuse = match self.verb.as_str() {
+            "block-dirty-bitmap-enable" | "block-dirty-bitmap-disable" => ALLOW_RO,
+            _ => DEFAULT,
+        };
+        check(ctx, id, i, &self.name, refuse)?;
         if let Some(n) = ctx.machine.graph_mut().node_mut(id) {
             match self.verb.as_str() {
                 "block-dirty-bitmap-remove" => {
@@ -206,14 +262,50 @@ impl BitmapMerge {
     }
 
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
-        let id = node(ctx, &self.node)?;
+        let id = lookup_node(ctx, &self.node)?;
         let i = find(ctx, id, &self.target)?;
-        check_not_busy(ctx, id, i, &self.target)?;
+        check(ctx, id, i, &self.target, DEFAULT)?;
+        let graph = ctx.machine.graph();
+        let dst_size = graph.node(id).map_or(0, |n| n.size);
         for (n, b) in &self.sources {
-            let src = node(ctx, n)?;
+            let src = lookup_node(ctx, n)?;
+            // A source may be busy or read-only: it is only read.
             find(ctx, src, b)?;
+            // bdrv_merge_dirty_bitmap(): both cover the same size.
+            let src_size = graph.node(src).map_or(0, |n| n.size);
+            if src_size != dst_size {
+                return Err(QmpError::generic(
+                    if ctx.profile.version() < Version::V7_2 {
+                        "Bitmaps are incompatible and can't be merged".to_owned()
+                    } else {
+                        format!("Bitmaps are of different sizes (destination size is {dst_size}, source size is {src_size}) and can't be merged")
+                    },
+                ));
+            }
         }
         // Counts are all 0: merging changes nothing visible yet.
         Ok(QObject::Dict(QDict::new()))
     }
+}
+
+/// `bdrv_get_default_bitmap_granularity()`: a driver's cluster size (what
+/// `bdrv_get_info()` reports, through filters and raw), kept within
+/// [4 KiB, 64 KiB]; 64 KiB when there is none.
+fn default_granularity(ctx: &Context<'_>, id: NodeId) -> u64 {
+    let graph = ctx.machine.graph();
+    let mut cur = Some(id);
+    while let Some(n) = cur.and_then(|c| graph.node(c)) {
+        if let Some(q) = &n.qcow2 {
+            return q.cluster_size.clamp(4096, 65536);
+        }
+        cur = match n.driver.as_str() {
+            "raw" | "throttle" | "copy-on-read" | "copy-before-write" | "blkdebug" => n
+                .children
+                .iter()
+                .find(|(r, _)| r == "file" || r == "image")
+                .map(|(_, c)| *c),
+            _ => None,
+        };
+    }
+    65536
 }

@@ -400,6 +400,25 @@ impl Opener<'_, '_> {
                         .map(|b| (b, header.backing_format.clone())),
                     Some(_) => None,
                 };
+                // qcow2_load_dirty_bitmaps(): the image's persistent bitmaps,
+                // recording if stored so and the node is writable, read-only
+                // on a read-only node.
+                node.bitmaps = header
+                    .bitmaps
+                    .iter()
+                    .map(|b| Bitmap {
+                        name: Some(b.name.clone()),
+                        granularity: b.granularity,
+                        persistent: true,
+                        recording: b.auto && !node.read_only,
+                        count: 0,
+                        busy: false,
+                        readonly: node.read_only,
+                        locked: false,
+                        tracks_progress: false,
+                        owner: None,
+                    })
+                    .collect();
                 node.qcow2 = Some(header);
                 let backing_inherit = Inherited::backing_of(&node);
                 let id = self.insert(name, node)?;
@@ -467,6 +486,8 @@ pub(super) fn anonymous_bitmap(
         count,
         owner: Some(owner),
         busy: false,
+        readonly: false,
+        locked: false,
         tracks_progress: false,
     }
 }
@@ -920,6 +941,29 @@ fn image_info(graph: &Graph, id: NodeId, nested: bool) -> Option<QDict> {
             data.put("corrupt", q.corrupt);
             data.put("extended-l2", q.extended_l2);
         }
+        // The image's bitmap directory: a writable node marked every
+        // bitmap in use when it opened.
+        if !q.bitmaps.is_empty() {
+            let list = q
+                .bitmaps
+                .iter()
+                .map(|b| {
+                    let mut flags = Vec::new();
+                    if b.in_use || !node.read_only {
+                        flags.push(QObject::from("in-use"));
+                    }
+                    if b.auto {
+                        flags.push(QObject::from("auto"));
+                    }
+                    let mut m = QDict::new();
+                    m.put("name", b.name.clone());
+                    m.put("granularity", b.granularity);
+                    m.put("flags", QObject::List(flags));
+                    QObject::Dict(m)
+                })
+                .collect();
+            data.put("bitmaps", QObject::List(list));
+        }
         image.put("format-specific", specific("qcow2", data));
         if let Some(b) = &q.backing_file {
             image.put("backing-filename", b.clone());
@@ -1008,7 +1052,9 @@ fn node_info(ctx: &Context<'_>, id: NodeId, flat: bool) -> Result<QDict, QmpErro
                 // Dropped from the schema after 5.2; the projection decides.
                 m.put(
                     "status",
-                    if b.busy {
+                    if b.busy && b.locked {
+                        "locked"
+                    } else if b.busy {
                         "frozen"
                     } else if b.recording {
                         "active"

@@ -64,6 +64,23 @@ pub struct Qcow2Facts {
     pub refcount_bits: u32,
     /// Compression type zstd (else zlib).
     pub compression_zstd: bool,
+    /// The bitmaps extension: the bitmap directory's offset and size.
+    pub bitmap_directory: Option<(u64, u64)>,
+    /// The persistent bitmaps the directory lists, in its order.
+    pub bitmaps: Vec<StoredBitmap>,
+}
+
+/// A persistent dirty bitmap as a qcow2 bitmap directory entry lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBitmap {
+    /// Its name.
+    pub name: String,
+    /// Bytes per bit.
+    pub granularity: u64,
+    /// Flag `in_use`: a writer had it open (inconsistent if found so).
+    pub in_use: bool,
+    /// Flag `auto`: enabled (recording) when loaded.
+    pub auto: bool,
 }
 
 /// A dirty bitmap of a node.
@@ -79,8 +96,13 @@ pub struct Bitmap {
     pub recording: bool,
     /// Dirty bytes (whole granules).
     pub count: u64,
-    /// Held by an operation (a backup job): it cannot be changed.
+    /// Held by an operation (a backup job, an export): it cannot be changed.
     pub busy: bool,
+    /// Loaded from an image opened read-only: it cannot be changed.
+    pub readonly: bool,
+    /// Busy because an export reads it, not because a job froze it (QEMU
+    /// 5.2's status tells `locked` from `frozen`).
+    pub locked: bool,
     /// Counts its owner job's remaining work (block-copy's copy bitmap):
     /// cleared when the job's work is done.
     pub tracks_progress: bool,
