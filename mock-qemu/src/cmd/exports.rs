@@ -8,7 +8,7 @@ use super::desc;
 use super::{Context, Return};
 use crate::host::{ExportSource, NbdListen, PublishedExport};
 use crate::model::exports::Export;
-use crate::model::graph::{name_is_wellformed, NodeId};
+use crate::model::graph::{name_is_wellformed, Graph, NodeId};
 use crate::model::ModelEvent;
 use crate::profile::Version;
 use crate::qmp::error::QmpError;
@@ -70,6 +70,22 @@ impl NbdServerStart {
         ctx.host
             .nbd_start(&listen, max)
             .map_err(QmpError::generic)?;
+        // nbd_server_start(): the credentials are looked up once the
+        // listener is open; a failure closes it again.
+        if let Some(id) = self.args.get_str("tls-creds") {
+            let err = match ctx.machine.objects().get(id) {
+                None => format!("No TLS credentials with id '{id}'"),
+                Some(o) if !o.qom_type.starts_with("tls-creds") => {
+                    format!("Object with id '{id}' is not TLS credentials")
+                }
+                Some(_) => format!(
+                    "mock-qemu: nbd-server-start with TLS is not implemented by the mock for profile {}",
+                    ctx.profile.label()
+                ),
+            };
+            ctx.host.nbd_stop();
+            return Err(QmpError::generic(err));
+        }
         ctx.machine.exports_mut().server = Some(format!("{listen:?}"));
         Ok(QObject::Dict(QDict::new()))
     }
@@ -84,9 +100,15 @@ impl NbdServerStop {
         if ctx.machine.exports().server.is_none() {
             return Err(not_running());
         }
-        let removed = ctx.machine.exports_mut().clear();
+        let mut removed = ctx.machine.exports_mut().clear();
+        // 10.0 closes the newest export first (blk_exp_close_all_type()
+        // walks a list exports are inserted at the head of); 5.2 and 7.2
+        // the oldest first (recorded).
+        if ctx.profile.version() >= Version::V10_0 {
+            removed.reverse();
+        }
         for e in removed {
-            ctx.machine.graph_mut().detach_backend(&export_owner(&e.id));
+            detach(ctx, &e.id);
             ctx.host.nbd_unpublish(&e.name);
             ctx.machine
                 .emit_now(ModelEvent::BlockExportDeleted { id: e.id });
@@ -102,6 +124,39 @@ fn export_owner(id: &str) -> String {
     format!("export:{id}")
 }
 
+/// The node an export's BlockBackend is attached to now (it follows
+/// snapshots and pivots).
+fn export_node(graph: &Graph, id: &str) -> Option<NodeId> {
+    let owner = export_owner(id);
+    graph.backends().find(|(o, _)| *o == owner).map(|(_, n)| n)
+}
+
+/// Drops an export's BlockBackend: its bitmaps are no longer busy, and a
+/// node QEMU created that nothing else holds goes with it.
+fn detach(ctx: &mut Context<'_>, id: &str) {
+    let bitmaps = ctx
+        .machine
+        .exports()
+        .by_id(id)
+        .map(|e| e.bitmaps.clone())
+        .unwrap_or_default();
+    let graph = ctx.machine.graph_mut();
+    let node = export_node(graph, id);
+    graph.detach_backend(&export_owner(id));
+    if let Some(n) = node {
+        for (owner, name) in &bitmaps {
+            if let Some(b) = graph
+                .node_mut(*owner)
+                .and_then(|o| o.bitmaps.iter_mut().find(|b| b.name.as_ref() == Some(name)))
+            {
+                b.busy = false;
+                b.locked = false;
+            }
+        }
+        graph.free_unused(n);
+    }
+}
+
 /// `block-export-add` (type nbd), or the legacy `nbd-server-add`.
 #[derive(Debug)]
 pub struct BlockExportAdd {
@@ -111,6 +166,8 @@ pub struct BlockExportAdd {
     name: Option<String>,
     description: Option<String>,
     writable: bool,
+    iothread: Option<String>,
+    bitmaps: Vec<String>,
 }
 
 impl BlockExportAdd {
@@ -123,6 +180,14 @@ impl BlockExportAdd {
             name: a.get_str("name").map(str::to_owned),
             description: a.get_str("description").map(str::to_owned),
             writable: matches!(a.get("writable"), Some(QObject::Bool(true))),
+            iothread: a.get_str("iothread").map(str::to_owned),
+            bitmaps: match a.get("bitmaps") {
+                Some(QObject::List(l)) => l
+                    .iter()
+                    .filter_map(|b| b.as_str().map(str::to_owned))
+                    .collect(),
+                _ => Vec::new(),
+            },
         }
     }
 
@@ -139,14 +204,18 @@ impl BlockExportAdd {
             name: Some(name),
             description: a.get_str("description").map(str::to_owned),
             writable: matches!(a.get("writable"), Some(QObject::Bool(true))),
+            iothread: None,
+            bitmaps: a.get_str("bitmap").map(str::to_owned).into_iter().collect(),
         }
     }
 
-    pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
+    pub(super) fn apply(mut self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
         let v = ctx.profile.version();
         if self.legacy && ctx.machine.exports().server.is_none() {
             return Err(not_running());
         }
+        // blk_exp_add(): the id, the node, the node's flag, the iothread,
+        // attaching the BlockBackend; then the NBD driver's own checks.
         if !name_is_wellformed(&self.id) {
             return Err(QmpError::generic("Invalid block export id"));
         }
@@ -157,18 +226,63 @@ impl BlockExportAdd {
             )));
         }
         let node = lookup_node(ctx, v, &self.node)?;
+        let read_only = ctx.machine.graph().node(node).is_some_and(|n| n.read_only);
+        if read_only && self.writable {
+            // nbd-server-add quietly exports a read-only node read-only.
+            if self.legacy {
+                self.writable = false;
+            } else {
+                return Err(QmpError::generic(
+                    "Cannot export read-only node as writable",
+                ));
+            }
+        }
+        if let Some(t) = &self.iothread {
+            let known = ctx
+                .machine
+                .objects()
+                .get(t)
+                .is_some_and(|o| o.qom_type == "iothread");
+            if !known {
+                return Err(QmpError::generic(format!("iothread \"{t}\" not found")));
+            }
+        }
+        // The export's BlockBackend does not share resize (nbd/server.c).
+        if let Some(msg) = resize_conflict(ctx, node) {
+            return Err(QmpError::generic(msg));
+        }
         if ctx.machine.exports().server.is_none() {
             return Err(not_running());
         }
         let name = self.name.clone().unwrap_or_else(|| self.node.clone());
+        if name.len() > NBD_MAX_STRING_SIZE {
+            return Err(QmpError::generic(format!("export name '{name}' too long")));
+        }
+        if let Some(d) = self
+            .description
+            .as_ref()
+            .filter(|d| d.len() > NBD_MAX_STRING_SIZE)
+        {
+            return Err(QmpError::generic(format!("description '{d}' too long")));
+        }
         if ctx.machine.exports().by_name(&name).is_some() {
             return Err(QmpError::generic(format!(
                 "NBD server already has export named '{name}'"
             )));
         }
+        let bitmaps = export_bitmaps(ctx, node, &self.bitmaps, self.writable)?;
         let published = publish(ctx, node, &name, self.description.clone(), self.writable);
         ctx.host.nbd_publish(published);
         let (graph, exports) = ctx.machine.graph_and_exports();
+        for (owner, b) in &bitmaps {
+            if let Some(bm) = graph
+                .node_mut(*owner)
+                .and_then(|o| o.bitmaps.iter_mut().find(|x| x.name.as_ref() == Some(b)))
+            {
+                bm.busy = true;
+                bm.locked = true;
+            }
+        }
         graph.attach_backend(&export_owner(&self.id), node);
         exports.add(Export {
             id: self.id,
@@ -176,9 +290,81 @@ impl BlockExportAdd {
             name,
             description: self.description,
             writable: self.writable,
+            bitmaps,
         });
         Ok(QObject::Dict(QDict::new()))
     }
+}
+
+/// NBD's limit on export names and descriptions, in bytes.
+const NBD_MAX_STRING_SIZE: usize = 4096;
+
+/// `nbd_export_create()`'s bitmap checks: each bitmap is looked up on the
+/// node and down its backing chain; an enabled one cannot go with a
+/// read-only export of a writable node; one busy with another operation
+/// cannot be exported. Returns (owner, name) of each.
+fn export_bitmaps(
+    ctx: &Context<'_>,
+    node: NodeId,
+    names: &[String],
+    writable: bool,
+) -> Result<Vec<(NodeId, String)>, QmpError> {
+    let graph = ctx.machine.graph();
+    let mut found = Vec::new();
+    for name in names {
+        let mut cur = Some(node);
+        let mut hit = None;
+        while let Some(id) = cur {
+            if let Some(b) = graph
+                .node(id)
+                .and_then(|n| n.bitmaps.iter().find(|b| b.name.as_ref() == Some(name)))
+            {
+                hit = Some((id, b));
+                break;
+            }
+            cur = graph.child(id, "backing");
+        }
+        let Some((owner, b)) = hit else {
+            return Err(QmpError::generic(format!("Bitmap '{name}' is not found")));
+        };
+        if b.busy {
+            return Err(QmpError::generic(format!(
+                "Bitmap '{name}' is currently in use by another operation and cannot be used"
+            )));
+        }
+        let node_writable = graph.node(node).is_some_and(|n| !n.read_only);
+        if !writable && node_writable && b.recording {
+            return Err(QmpError::generic(format!(
+                "Enabled bitmap '{name}' incompatible with readonly export"
+            )));
+        }
+        found.push((owner, name.clone()));
+    }
+    Ok(found)
+}
+
+/// The permission conflict attaching an export's BlockBackend to `node`
+/// meets when another user of the node needs to resize it (a writable
+/// format node over it), which the export does not share.
+fn resize_conflict(ctx: &Context<'_>, node: NodeId) -> Option<String> {
+    let graph = ctx.machine.graph();
+    let name = &graph.node(node)?.name;
+    let parent = graph.newest_first().map(|(_, p)| p).find(|p| {
+        p.driver == "qcow2"
+            && !p.read_only
+            && p.children.iter().any(|(r, c)| r == "file" && *c == node)
+    })?;
+    Some(if ctx.profile.version() < Version::V7_2 {
+        format!(
+            "Conflicts with use by {} as 'file', which uses 'resize' on {name}",
+            parent.name
+        )
+    } else {
+        format!(
+            "Permission conflict on node '{name}': permissions 'resize' are both required by node '{}' (uses node '{name}' as 'file' child) and unshared by an unnamed block device (uses node '{name}' as 'root' child).",
+            parent.name
+        )
+    })
 }
 
 /// A node by name for export commands (`bdrv_lookup_bs(NULL, node)`).
@@ -236,13 +422,19 @@ impl BlockExportDel {
         if self.legacy && ctx.machine.exports().server.is_none() {
             return Err(not_running());
         }
+        if ctx.machine.exports().by_id(&self.id).is_none() {
+            return Err(QmpError::generic(format!(
+                "Export '{}' is not found",
+                self.id
+            )));
+        }
+        detach(ctx, &self.id);
         let Some(e) = ctx.machine.exports_mut().remove(&self.id) else {
             return Err(QmpError::generic(format!(
                 "Export '{}' is not found",
                 self.id
             )));
         };
-        ctx.machine.graph_mut().detach_backend(&export_owner(&e.id));
         ctx.host.nbd_unpublish(&e.name);
         let event = ModelEvent::BlockExportDeleted { id: e.id };
         // QEMU 5.2 finished the deletion after answering (recorded).
@@ -272,8 +464,8 @@ impl QueryBlockExports {
                 d.put("type", "nbd");
                 d.put(
                     "node-name",
-                    graph
-                        .node(e.node)
+                    export_node(graph, &e.id)
+                        .and_then(|n| graph.node(n))
                         .map(|n| n.name.clone())
                         .unwrap_or_default(),
                 );

@@ -16,6 +16,8 @@ pub struct Export {
     pub description: Option<String>,
     /// Clients may write.
     pub writable: bool,
+    /// Dirty bitmaps exported with it (owner node, name): busy meanwhile.
+    pub bitmaps: Vec<(NodeId, String)>,
 }
 
 /// The NBD server (at most one) and every export.
