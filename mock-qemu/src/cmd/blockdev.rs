@@ -753,7 +753,7 @@ impl QueryNamedBlockNodes {
 
 /// Drivers QEMU marks `is_filter`: they pass their `file` child's data
 /// (and its `get_info`) through.
-fn is_filter(driver: &str) -> bool {
+pub(super) fn is_filter(driver: &str) -> bool {
     matches!(
         driver,
         "throttle"

@@ -56,3 +56,23 @@ pub const ROOT_NEEDS_NODE_NAME: &str = "'node-name' must be specified for the ro
 /// A user needs to write to a read-only node (`bdrv_node_refresh_perm`,
 /// all versions).
 pub const NODE_READ_ONLY: &str = "Block node is read-only";
+
+/// `blockdev-snapshot-sync` by node name without `snapshot-node-name`
+/// (5.2 said "node name").
+pub fn overlay_name_missing(v: Version) -> &'static str {
+    if v < Version::V7_2 {
+        "New overlay node name missing"
+    } else {
+        "New overlay node-name missing"
+    }
+}
+
+/// `blockdev-snapshot-sync` with a `snapshot-node-name` that names a node
+/// or device already.
+pub fn overlay_name_in_use(v: Version) -> &'static str {
+    if v < Version::V7_2 {
+        "New overlay node name already in use"
+    } else {
+        "New overlay node-name already in use"
+    }
+}

@@ -352,7 +352,7 @@ impl Graph {
     }
 
     /// Whether `id` is `from` or below it.
-    fn reaches(&self, from: NodeId, id: NodeId) -> bool {
+    pub fn reaches(&self, from: NodeId, id: NodeId) -> bool {
         from == id
             || self
                 .nodes
