@@ -3,6 +3,7 @@
 //! created stay on disk, as with QEMU.
 
 use super::{execute, not_implemented, Context, Return};
+use crate::profile::Version;
 use crate::qmp::error::QmpError;
 use crate::qmp::qobject::{QDict, QObject};
 
@@ -22,10 +23,16 @@ const STATE_ACTIONS: &[&str] = &[
     "drive-backup",
 ];
 
+/// Actions that can run in a `grouped` transaction (their jobs share
+/// its fate).
+const GROUPED_ACTIONS: &[&str] = &["blockdev-backup", "drive-backup"];
+
 /// `transaction`.
 #[derive(Debug)]
 pub struct Transaction {
     actions: Vec<(String, QDict)>,
+    /// `properties.completion-mode` is `grouped`.
+    grouped: bool,
 }
 
 impl Transaction {
@@ -51,13 +58,46 @@ impl Transaction {
                 .collect(),
             _ => Vec::new(),
         };
-        Transaction { actions }
+        let grouped = a
+            .get("properties")
+            .and_then(QObject::as_dict)
+            .and_then(|p| p.get_str("completion-mode"))
+            == Some("grouped");
+        Transaction { actions, grouped }
     }
 
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
+        let early = ctx.profile.version() >= Version::V10_0;
+        let refuse_grouped = |kind: &str, capital: bool| {
+            QmpError::generic(format!(
+                "Action '{kind}' does not support {} property completion-mode = grouped",
+                if capital {
+                    "Transaction"
+                } else {
+                    "transaction"
+                }
+            ))
+        };
+        // 10.0 checks every action before any runs; 5.2 and 7.2 checked
+        // when each state action prepared (abort never asked).
+        if self.grouped && early {
+            if let Some((kind, _)) = self
+                .actions
+                .iter()
+                .find(|(k, _)| !GROUPED_ACTIONS.contains(&k.as_str()))
+            {
+                return Err(refuse_grouped(kind, false));
+            }
+        }
         let saved = ctx.machine.graph().clone();
         for (kind, data) in &self.actions {
-            let result = if kind == "abort" {
+            let result = if self.grouped
+                && !early
+                && kind != "abort"
+                && !GROUPED_ACTIONS.contains(&kind.as_str())
+            {
+                Err(refuse_grouped(kind, true))
+            } else if kind == "abort" {
                 Err(QmpError::generic("Transaction aborted using Abort action"))
             } else if STATE_ACTIONS.contains(&kind.as_str()) {
                 execute(
