@@ -70,10 +70,12 @@ fn work_folder() -> Result<tempfile::TempDir> {
         .context("creating a work folder")
 }
 
-/// A mock with the real host side (image files, sockets), as the binary has.
-fn real_mock(profile: &Arc<Profile>, config: &CoreConfig) -> MockQemu {
+/// A mock with the real host side (image files, sockets), as the binary
+/// has; relative file names resolve in `dir`, as a launched target's do in
+/// its working directory.
+fn real_mock(profile: &Arc<Profile>, config: &CoreConfig, dir: &Path) -> MockQemu {
     let mut core = Core::new(Arc::clone(profile), config);
-    core.set_host_io(Box::new(mock_qemu::host::RealHostIo::default()));
+    core.set_host_io(Box::new(mock_qemu::host::RealHostIo::in_dir(dir)));
     MockQemu::new(core)
 }
 
@@ -101,12 +103,13 @@ impl InProcess {
             start_paused: cmdline.start_paused,
             ..CoreConfig::default()
         };
-        let mock = real_mock(&profile, &config);
+        let dir = work_folder()?;
+        let mock = real_mock(&profile, &config, dir.path());
         Ok(InProcess {
             profile,
             config,
             mock,
-            dir: work_folder()?,
+            dir,
         })
     }
 
@@ -123,8 +126,8 @@ impl Target for InProcess {
     fn restart(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.mock.shutdown();
-            self.mock = real_mock(&self.profile, &self.config);
             self.dir = work_folder()?;
+            self.mock = real_mock(&self.profile, &self.config, self.dir.path());
             Ok(())
         })
     }

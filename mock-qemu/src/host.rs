@@ -5,6 +5,7 @@
 //! a sandboxed core create or read files.
 
 use std::fmt::Debug;
+use std::path::{Path, PathBuf};
 
 use crate::image::{self, ImageError};
 use crate::model::graph::{FileFacts, Qcow2Facts};
@@ -137,14 +138,62 @@ impl HostIo for NoHostIo {
 pub struct RealHostIo {
     exports: nbd::ExportTable,
     server: Option<nbd::NbdServer>,
+    /// The folder relative file names resolve against (a process's working
+    /// directory); `None`: the process's own.
+    base: Option<PathBuf>,
+}
+
+impl RealHostIo {
+    /// A host whose relative file names resolve against `dir`, as if the
+    /// process ran there (a mock in another program's process).
+    pub fn in_dir(dir: &Path) -> Self {
+        RealHostIo {
+            base: Some(dir.to_owned()),
+            ..RealHostIo::default()
+        }
+    }
+
+    /// Where a file name given over QMP is on disk.
+    fn path(&self, name: &str) -> String {
+        match &self.base {
+            Some(b) if !Path::new(name).is_absolute() => b.join(name).display().to_string(),
+            _ => name.to_owned(),
+        }
+    }
+}
+
+/// An error about the resolved path, worded with the name as given.
+fn as_given(e: ImageError, name: &str) -> ImageError {
+    match e {
+        ImageError::Open { reason, .. } => ImageError::Open {
+            path: name.to_owned(),
+            reason,
+        },
+        ImageError::Create { reason, .. } => ImageError::Create {
+            path: name.to_owned(),
+            reason,
+        },
+        other => other,
+    }
 }
 
 impl HostIo for RealHostIo {
     fn open_file(&mut self, filename: &str) -> Result<FileFacts, ImageError> {
-        image::open_file(filename)
+        let facts = image::open_file(&self.path(filename)).map_err(|e| as_given(e, filename))?;
+        Ok(FileFacts {
+            filename: filename.to_owned(),
+            ..facts
+        })
     }
     fn read_qcow2(&mut self, filename: &str) -> Result<Qcow2Facts, ImageError> {
-        image::read_qcow2(filename)
+        let mut facts =
+            image::read_qcow2(&self.path(filename)).map_err(|e| as_given(e, filename))?;
+        // A relative backing name resolves against the image's name as given.
+        facts.full_backing = facts
+            .backing_file
+            .as_deref()
+            .map(|b| image::full_backing_name(b, Path::new(filename)));
+        Ok(facts)
     }
     fn create_qcow2(
         &mut self,
@@ -152,24 +201,24 @@ impl HostIo for RealHostIo {
         size: u64,
         backing: Option<(&str, &str)>,
     ) -> Result<(), ImageError> {
-        image::create_qcow2(filename, size, backing)
+        image::create_qcow2(&self.path(filename), size, backing).map_err(|e| as_given(e, filename))
     }
     fn set_qcow2_backing(
         &mut self,
         filename: &str,
         backing: Option<(&str, &str)>,
     ) -> Result<(), ImageError> {
-        image::set_qcow2_backing(filename, backing)
+        image::set_qcow2_backing(&self.path(filename), backing).map_err(|e| as_given(e, filename))
     }
     fn create_file(&mut self, filename: &str, size: u64) -> Result<(), ImageError> {
-        image::create_file(filename, size)
+        image::create_file(&self.path(filename), size).map_err(|e| as_given(e, filename))
     }
     fn qcow2_mark_zero(&mut self, filename: &str) -> Result<(), ImageError> {
-        image::qcow2_mark_zero(filename)
+        image::qcow2_mark_zero(&self.path(filename)).map_err(|e| as_given(e, filename))
     }
     fn nbd_start(&mut self, addr: &NbdListen, max: u32) -> Result<(), String> {
         let (a, shown) = match addr {
-            NbdListen::Unix(p) => (nbd::NbdAddr::Unix(p.into()), p.clone()),
+            NbdListen::Unix(p) => (nbd::NbdAddr::Unix(self.path(p).into()), p.clone()),
             NbdListen::Tcp(h, port) => {
                 // QEMU binds what it is given; the mock keeps an empty host on loopback.
                 let host = if h.is_empty() {
@@ -196,7 +245,7 @@ impl HostIo for RealHostIo {
     fn nbd_publish(&mut self, e: PublishedExport) {
         let data = match e.source {
             ExportSource::Zeroes => nbd::ExportData::Zeroes,
-            ExportSource::File(f) => nbd::ExportData::RawFile(f.into()),
+            ExportSource::File(f) => nbd::ExportData::RawFile(self.path(&f).into()),
             ExportSource::Refuse => nbd::ExportData::Refuse,
         };
         self.exports.insert(nbd::Export {

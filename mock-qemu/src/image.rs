@@ -391,6 +391,22 @@ pub fn parse_bitmap_directory(dir: &[u8]) -> Vec<StoredBitmap> {
     out
 }
 
+/// A backing file name as QEMU completes it (`bdrv_get_full_backing_filename`):
+/// absolute names and protocol names as they are, relative ones against the
+/// image's folder (as the image was named).
+pub fn full_backing_name(backing: &str, image: &Path) -> String {
+    if backing.starts_with('/') || backing.contains(':') {
+        backing.to_owned()
+    } else {
+        image
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(backing)
+            .display()
+            .to_string()
+    }
+}
+
 /// Parses a qcow2 header (`buf` = the start of the file).
 pub fn parse_qcow2(buf: &[u8], path: &Path) -> Result<Qcow2Facts, ImageError> {
     if buf.len() < 72 || be32(buf, 0) != QCOW2_MAGIC {
@@ -472,17 +488,7 @@ pub fn parse_qcow2(buf: &[u8], path: &Path) -> Result<Qcow2Facts, ImageError> {
             None => break,
         };
     }
-    let full_backing = backing_file.as_ref().map(|b| {
-        if b.starts_with('/') || b.contains(':') {
-            b.clone()
-        } else {
-            path.parent()
-                .unwrap_or(Path::new(""))
-                .join(b)
-                .display()
-                .to_string()
-        }
-    });
+    let full_backing = backing_file.as_deref().map(|b| full_backing_name(b, path));
     Ok(Qcow2Facts {
         version,
         header_length: header_len,
