@@ -367,6 +367,19 @@ impl Opener<'_, '_> {
                 // child's users must agree, then the file locks.
                 let graph = self.ctx.machine.graph();
                 let v = self.ctx.profile.version();
+                // Attaching the file child: its users must agree with the
+                // new one, then a writable node needs a writable child.
+                let new = Graph::qcow2_file_edge(
+                    &Node {
+                        name: name.clone().unwrap_or_default(),
+                        ..node.clone()
+                    },
+                    graph.node(file).is_some_and(|f| f.force_share),
+                );
+                let users = graph.users(file, &super::exports::writable_backends(self.ctx));
+                if let Some(c) = graph.perm_conflict(file, &new, &users, v < Version::V7_2) {
+                    return Err(desc::perm_conflict(v, &c, &new));
+                }
                 if !node.read_only && graph.node(file).is_some_and(|f| f.read_only) {
                     return Err(QmpError::generic(desc::NODE_READ_ONLY));
                 }

@@ -4,7 +4,7 @@
 //! send, as the recorded fixtures show (`fixtures/qemu-*/…/blockdev/`). Where
 //! QEMU reworded a message, the version decides.
 
-use crate::model::graph::GraphError;
+use crate::model::graph::{perm_names, EdgePerm, GraphError, PermConflict, PermUser};
 use crate::profile::Version;
 use crate::qmp::error::QmpError;
 
@@ -75,4 +75,40 @@ pub fn overlay_name_in_use(v: Version) -> &'static str {
     } else {
         "New overlay node-name already in use"
     }
+}
+
+/// A permission conflict between a new user of a node and one it has
+/// (`bdrv_a_allow_b`; 5.2's `bdrv_check_update_perm`). `new` describes the
+/// new user.
+pub fn perm_conflict(v: Version, c: &PermConflict, new: &EdgePerm) -> QmpError {
+    let perms = perm_names(c.perms);
+    let node = &c.node;
+    if v < Version::V7_2 {
+        let user = match &c.existing.user {
+            PermUser::Backend => "a block device".to_owned(),
+            PermUser::Node(n) => n.clone(),
+        };
+        let role = &c.existing.role;
+        return QmpError::generic(if c.new_needs {
+            format!("Conflicts with use by {user} as '{role}', which does not allow '{perms}' on {node}")
+        } else {
+            format!("Conflicts with use by {user} as '{role}', which uses '{perms}' on {node}")
+        });
+    }
+    let desc = |e: &EdgePerm| match &e.user {
+        PermUser::Backend => "an unnamed block device".to_owned(),
+        PermUser::Node(n) => format!("node '{n}'"),
+    };
+    let (required, unshared) = if c.new_needs {
+        (new, &c.existing)
+    } else {
+        (&c.existing, new)
+    };
+    QmpError::generic(format!(
+        "Permission conflict on node '{node}': permissions '{perms}' are both required by {} (uses node '{node}' as '{}' child) and unshared by {} (uses node '{node}' as '{}' child).",
+        desc(required),
+        required.role,
+        desc(unshared),
+        unshared.role
+    ))
 }

@@ -8,7 +8,10 @@ use super::desc;
 use super::{Context, Return};
 use crate::host::{ExportSource, NbdListen, PublishedExport};
 use crate::model::exports::Export;
-use crate::model::graph::{name_is_wellformed, Graph, NodeId};
+use crate::model::graph::{
+    name_is_wellformed, EdgePerm, Graph, NodeId, PermUser, PERM_ALL, PERM_READ, PERM_RESIZE,
+    PERM_WRITE,
+};
 use crate::model::ModelEvent;
 use crate::profile::Version;
 use crate::qmp::error::QmpError;
@@ -247,9 +250,18 @@ impl BlockExportAdd {
                 return Err(QmpError::generic(format!("iothread \"{t}\" not found")));
             }
         }
-        // The export's BlockBackend does not share resize (nbd/server.c).
-        if let Some(msg) = resize_conflict(ctx, node) {
-            return Err(QmpError::generic(msg));
+        // blk_insert_bs(): the export's BlockBackend and the node's other
+        // users must agree (it does not share resize: nbd/server.c).
+        let new = EdgePerm {
+            user: PermUser::Backend,
+            role: "root".into(),
+            perm: PERM_READ | if self.writable { PERM_WRITE } else { 0 },
+            shared: PERM_ALL & !PERM_RESIZE,
+        };
+        let graph = ctx.machine.graph();
+        let users = graph.users(node, &writable_backends(ctx));
+        if let Some(c) = graph.perm_conflict(node, &new, &users, v < Version::V7_2) {
+            return Err(desc::perm_conflict(v, &c, &new));
         }
         if ctx.machine.exports().server.is_none() {
             return Err(not_running());
@@ -343,28 +355,15 @@ fn export_bitmaps(
     Ok(found)
 }
 
-/// The permission conflict attaching an export's BlockBackend to `node`
-/// meets when another user of the node needs to resize it (a writable
-/// format node over it), which the export does not share.
-fn resize_conflict(ctx: &Context<'_>, node: NodeId) -> Option<String> {
-    let graph = ctx.machine.graph();
-    let name = &graph.node(node)?.name;
-    let parent = graph.newest_first().map(|(_, p)| p).find(|p| {
-        p.driver == "qcow2"
-            && !p.read_only
-            && p.children.iter().any(|(r, c)| r == "file" && *c == node)
-    })?;
-    Some(if ctx.profile.version() < Version::V7_2 {
-        format!(
-            "Conflicts with use by {} as 'file', which uses 'resize' on {name}",
-            parent.name
-        )
-    } else {
-        format!(
-            "Permission conflict on node '{name}': permissions 'resize' are both required by node '{}' (uses node '{name}' as 'file' child) and unshared by an unnamed block device (uses node '{name}' as 'root' child).",
-            parent.name
-        )
-    })
+/// The owner names of the BlockBackends of writable exports (they take
+/// write permission on their node).
+pub(super) fn writable_backends(ctx: &Context<'_>) -> Vec<String> {
+    ctx.machine
+        .exports()
+        .newest_first()
+        .filter(|e| e.writable)
+        .map(|e| export_owner(&e.id))
+        .collect()
 }
 
 /// A node by name for export commands (`bdrv_lookup_bs(NULL, node)`).

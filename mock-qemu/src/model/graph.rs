@@ -189,6 +189,57 @@ impl Locks {
     }
 }
 
+/// Every permission.
+pub const PERM_ALL: u8 = 0xf;
+
+/// Who uses a node through an edge (its parent side).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PermUser {
+    /// An anonymous BlockBackend (an export's).
+    Backend,
+    /// A parent node, by name.
+    Node(String),
+}
+
+/// One user's permissions on a node: what it takes and what it lets
+/// others take (`BdrvChild.perm`, `.shared_perm`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgePerm {
+    /// The user.
+    pub user: PermUser,
+    /// The child role (`root`, `file`, …).
+    pub role: String,
+    /// Permissions taken.
+    pub perm: u8,
+    /// Permissions shared with other users.
+    pub shared: u8,
+}
+
+/// Two users of a node that cannot both have their permissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermConflict {
+    /// The node's name.
+    pub node: String,
+    /// The user that already holds the node.
+    pub existing: EdgePerm,
+    /// `true`: the new user needs `perms`, which `existing` does not share;
+    /// `false`: `existing` uses `perms`, which the new user does not share.
+    pub new_needs: bool,
+    /// The permissions in conflict.
+    pub perms: u8,
+}
+
+/// Permission names in QEMU's order, joined as `bdrv_perm_names()` does.
+pub fn perm_names(perms: u8) -> String {
+    PERM_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| perms & (1 << bit) != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What the graph refuses. The command layer words these per profile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {
@@ -516,6 +567,99 @@ impl Graph {
         if let Some(p) = self.nodes.get_mut(&parent) {
             p.children.push((role.to_owned(), child));
         }
+    }
+
+    /// The users of `id` whose permissions the mock models, newest first:
+    /// BlockBackends (an export reads, writes if writable, and never shares
+    /// resize: `nbd_export_create`) and qcow2 parents of a metadata child
+    /// (`bdrv_default_perms_for_storage`: read, write and resize when
+    /// writable, never sharing write or resize unless the child is
+    /// force-shared).
+    pub fn users(&self, id: NodeId, writable_backends: &[String]) -> Vec<EdgePerm> {
+        let force_share = self.nodes.get(&id).is_some_and(|n| n.force_share);
+        let mut out: Vec<EdgePerm> = self
+            .backends
+            .iter()
+            .rev()
+            .filter(|(_, n)| *n == id)
+            .map(|(owner, _)| EdgePerm {
+                user: PermUser::Backend,
+                role: "root".into(),
+                perm: PERM_READ
+                    | if writable_backends.contains(owner) {
+                        PERM_WRITE
+                    } else {
+                        0
+                    },
+                shared: PERM_ALL & !PERM_RESIZE,
+            })
+            .collect();
+        for p in self.nodes.values().rev() {
+            if p.driver == "qcow2" && p.children.iter().any(|(r, c)| r == "file" && *c == id) {
+                out.push(Self::qcow2_file_edge(p, force_share));
+            }
+        }
+        out
+    }
+
+    /// A qcow2 node's permissions on its file child.
+    pub fn qcow2_file_edge(parent: &Node, child_force_share: bool) -> EdgePerm {
+        EdgePerm {
+            user: PermUser::Node(parent.name.clone()),
+            role: "file".into(),
+            perm: PERM_READ
+                | if parent.read_only {
+                    0
+                } else {
+                    PERM_WRITE | PERM_RESIZE
+                },
+            shared: if child_force_share {
+                PERM_ALL
+            } else {
+                PERM_ALL & !(PERM_WRITE | PERM_RESIZE)
+            },
+        }
+    }
+
+    /// Whether a new user `new` of `id` conflicts with its users: QEMU 6.0+
+    /// (`bdrv_parent_perms_conflict`) first finds a user whose permissions
+    /// the new one does not share, then one that does not share what the
+    /// new one needs; `legacy_order` (5.2's `bdrv_check_update_perm`) asks
+    /// both questions of each user in turn, the second first.
+    pub fn perm_conflict(
+        &self,
+        id: NodeId,
+        new: &EdgePerm,
+        users: &[EdgePerm],
+        legacy_order: bool,
+    ) -> Option<PermConflict> {
+        let node = self.nodes.get(&id)?.name.clone();
+        let uses = |e: &EdgePerm| e.perm & !new.shared;
+        let needs = |e: &EdgePerm| new.perm & !e.shared;
+        let conflict = |e: &EdgePerm, new_needs: bool, perms: u8| PermConflict {
+            node: node.clone(),
+            existing: e.clone(),
+            new_needs,
+            perms,
+        };
+        if legacy_order {
+            for e in users {
+                if needs(e) != 0 {
+                    return Some(conflict(e, true, needs(e)));
+                }
+                if uses(e) != 0 {
+                    return Some(conflict(e, false, uses(e)));
+                }
+            }
+            return None;
+        }
+        if let Some(e) = users.iter().find(|e| uses(e) != 0) {
+            return Some(conflict(e, false, uses(e)));
+        }
+        users
+            .iter()
+            .find(|e| needs(e) != 0)
+            .map(|e| conflict(e, true, needs(e)))
     }
 
     /// The locks a file node holds, from its parents: a format driver's
