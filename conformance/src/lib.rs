@@ -1,7 +1,8 @@
 //! conformance: scenarios, targets, recording and comparison of QMP transcripts.
 //!
 //! Codemap:
-//! - [`scenario`]: the scenario format (`->` sends, directives).
+//! - [`scenario`]: the scenario format (`->` sends, `<-` expectations, directives).
+//! - [`expect`]: patterns and matchers for expectations (`$any`, `$name:X`, …).
 //! - [`transcript`]: recorded exchanges (`<-` lines exactly as received).
 //! - [`play`]: plays a scenario over one connection, with sync markers.
 //! - [`target`]: in-process mock, launched programs (mock binary, real QEMU), sockets.
@@ -14,6 +15,7 @@
 
 pub mod client;
 pub mod compare;
+pub mod expect;
 pub mod normalize;
 pub mod play;
 pub mod probe;

@@ -12,7 +12,7 @@ use conformance::client::{self, CheckOptions, ClientUnderTest};
 use conformance::compare::Mode;
 use conformance::play::PlayOptions;
 use conformance::report::{write_json, write_junit, CaseResult, KnownDivergences, Verdict};
-use conformance::runner::{describe_failure, run_case, Outcome};
+use conformance::runner::{describe_outcome, run_case, Outcome};
 use conformance::suite;
 use conformance::target::{InProcess, LaunchSpec, Process, Socket, Target};
 use mock_qemu::profile::{Flavor, Version};
@@ -364,11 +364,7 @@ async fn run(fixtures: &std::path::Path, o: &RunOptions<'_>) -> Result<bool> {
                 Err(e) => Outcome::Error(format!("restarting the target: {e:#}")),
             },
         };
-        let failure = match outcome {
-            Outcome::Pass => None,
-            Outcome::Fail(m) => Some(describe_failure(&m)),
-            Outcome::Error(e) => Some(e),
-        };
+        let failure = describe_outcome(&outcome);
         let listed = known.reason(&format!("{profile}/{id}"));
         let verdict = match (failure, listed) {
             (None, None) => Verdict::Pass,
