@@ -388,7 +388,7 @@ pub async fn play(
                     }
                 }
                 let received = match &t.entries[i] {
-                    Entry::Recv(l) | Entry::RecvBadFraming(l) => l.clone(),
+                    Entry::Recv(l) | Entry::RecvBadFraming(l) => norm.line(l),
                     _ => String::new(),
                 };
                 let result = match &v {
