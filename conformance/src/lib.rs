@@ -10,12 +10,14 @@
 //! - [`suite`]: where scenarios and golden transcripts live under `fixtures/`.
 //! - [`runner`]: one case against one target, and its report.
 //! - [`record`]: recording golden transcripts and profile data from real QEMU.
+//! - [`matrix`]: what differs between QEMU versions (and whether the mock differs alike).
 //! - [`client`]: checking QMP clients: the mock behind a judging, adversarial transport.
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod compare;
 pub mod expect;
+pub mod matrix;
 pub mod normalize;
 pub mod play;
 pub mod probe;

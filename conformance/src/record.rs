@@ -30,7 +30,9 @@ pub struct Identity {
     pub schema: serde_json::Value,
 }
 
-async fn exchange(
+/// Sends a command without arguments and returns its reply line (events
+/// and a repeated greeting are skipped).
+pub(crate) async fn exchange(
     r: &mut LineReader<tokio::io::ReadHalf<crate::target::BoxedStream>>,
     w: &mut tokio::io::WriteHalf<crate::target::BoxedStream>,
     greeting: &str,
