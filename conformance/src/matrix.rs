@@ -737,23 +737,50 @@ fn render(v: Option<&Value>) -> String {
 }
 
 /// List elements are paired by the first of these members that every
-/// element of every column has, with a value unique within its list (by
-/// index otherwise).
+/// element of every column has (see [`identities`]); by index otherwise.
 const LIST_KEYS: [&str; 4] = ["node-name", "id", "device", "name"];
 
 fn list_key(lists: &[&Vec<Value>]) -> Option<&'static str> {
     LIST_KEYS.into_iter().find(|k| {
         lists.iter().all(|l| {
-            let keys: Vec<Option<&str>> = l
-                .iter()
-                .map(|e| e.get(*k).and_then(Value::as_str))
-                .collect();
-            keys.iter().all(Option::is_some) && {
-                let set: BTreeSet<_> = keys.iter().collect();
-                set.len() == keys.len()
-            }
+            l.iter()
+                .all(|e| e.get(*k).and_then(Value::as_str).is_some())
         })
     })
+}
+
+/// A generated node name: `#block` and digits (`#block~N` once normalized).
+fn generated(name: &str) -> bool {
+    name.strip_prefix("#block")
+        .and_then(|r| r.chars().next())
+        .is_some_and(|c| c == '~' || c.is_ascii_digit())
+}
+
+/// Each element's identity in its list: its key (`node-name=top`); a
+/// generated node name (`#block~N`, numbered by order of appearance, so
+/// not the same node in another version) is replaced by the node's driver
+/// and file. A repeated identity gets its occurrence (` (2)`).
+fn identities(list: &[Value], k: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in list {
+        let key = e[k].as_str().unwrap_or_default();
+        let id = if generated(key) {
+            let s = |m: &str| e.get(m).and_then(Value::as_str).unwrap_or("?").to_owned();
+            format!("{k}=#block…: {} {}", s("drv"), s("file"))
+        } else {
+            format!("{k}={key}")
+        };
+        let n = out
+            .iter()
+            .filter(|o| o.split(" (").next() == Some(id.as_str()))
+            .count();
+        out.push(if n == 0 {
+            id
+        } else {
+            format!("{id} ({})", n + 1)
+        });
+    }
+    out
 }
 
 /// Longest error text in a cell.
@@ -824,6 +851,14 @@ fn walk(b: &mut Builder, cx: &Ctx, path: &str, vals: &[Option<&Value>]) -> usize
     if all_same(vals) {
         return 0;
     }
+    // Generated node names are numbered by order of appearance: another
+    // number in another version is not another behaviour.
+    if vals
+        .iter()
+        .all(|v| v.and_then(Value::as_str).is_some_and(generated))
+    {
+        return 0;
+    }
     if vals.iter().any(Option::is_none) {
         let cells = vals
             .iter()
@@ -866,9 +901,10 @@ fn walk(b: &mut Builder, cx: &Ctx, path: &str, vals: &[Option<&Value>]) -> usize
                 let p = format!("{path}[]");
                 if lens.iter().all(|n| *n <= LONG_LIST) {
                     if let Some(k) = list_key(&lists) {
-                        let mut ids: Vec<&str> = Vec::new();
-                        for e in lists.iter().flat_map(|l| l.iter()) {
-                            let id = e[k].as_str().unwrap_or_default();
+                        let keyed: Vec<Vec<String>> =
+                            lists.iter().map(|l| identities(l, k)).collect();
+                        let mut ids: Vec<&String> = Vec::new();
+                        for id in keyed.iter().flatten() {
                             if !ids.contains(&id) {
                                 ids.push(id);
                             }
@@ -878,12 +914,13 @@ fn walk(b: &mut Builder, cx: &Ctx, path: &str, vals: &[Option<&Value>]) -> usize
                             .map(|id| {
                                 let sub: Vec<Option<&Value>> = lists
                                     .iter()
-                                    .map(|l| l.iter().find(|e| e[k].as_str() == Some(id)))
+                                    .zip(&keyed)
+                                    .map(|(l, ks)| ks.iter().position(|x| x == id).map(|i| &l[i]))
                                     .collect();
                                 if sub.iter().all(Option::is_some) {
                                     walk(b, cx, &p, &sub)
                                 } else {
-                                    walk(b, cx, &format!("{path}[{k}={id}]"), &sub)
+                                    walk(b, cx, &format!("{path}[{id}]"), &sub)
                                 }
                             })
                             .sum();
@@ -1710,6 +1747,53 @@ mod tests {
         assert!(t
             .markdown()
             .contains("| `block-stream`: `bottom` | — | `optional` |"));
+    }
+
+    #[test]
+    fn node_lists_pair_by_name_and_generated_names_by_driver_and_file() {
+        let nodes = |list: &str| {
+            col(
+                "x",
+                &[
+                    r#"-> {"execute": "query-named-block-nodes", "id": "q"}"#,
+                    &format!(r#"<- {{"return": {list}, "id": "q"}}"#),
+                ],
+            )
+        };
+        // 5.2 has no filter: its file node is #block~1, not #block~2.
+        let a = nodes(
+            r##"[{"node-name": "top", "drv": "qcow2", "ro": false}, {"node-name": "#block1", "drv": "file", "file": "t"}]"##,
+        );
+        let b = nodes(
+            r##"[{"node-name": "#block5", "drv": "copy-on-read", "file": "t"}, {"node-name": "top", "drv": "qcow2", "ro": true}, {"node-name": "#block7", "drv": "file", "file": "t"}]"##,
+        );
+        let t = build(&[a, b]);
+        let rows: Vec<(Kind, &str, Vec<&str>)> = t
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r.kind,
+                    r.behaviour.as_str(),
+                    r.cells.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    Kind::Members,
+                    "`query-named-block-nodes`: `[node-name=#block…: copy-on-read t]`",
+                    vec![NO, YES]
+                ),
+                (
+                    Kind::Values,
+                    "`query-named-block-nodes`: `[].ro`",
+                    vec!["false", "true"]
+                ),
+            ]
+        );
     }
 
     #[test]
