@@ -44,24 +44,7 @@ fn render_entry(e: &Entry) -> String {
 }
 
 fn normalized(t: &Transcript, n: &Normalizer) -> Vec<Entry> {
-    let mut entries: Vec<Entry> = t
-        .entries
-        .iter()
-        .map(|e| match e {
-            Entry::Recv(l) => Entry::Recv(n.line(l)),
-            Entry::RecvBadFraming(l) => Entry::RecvBadFraming(n.line(l)),
-            other => other.clone(),
-        })
-        .collect();
-    let mut received: Vec<&mut String> = entries
-        .iter_mut()
-        .filter_map(|e| match e {
-            Entry::Recv(l) | Entry::RecvBadFraming(l) => Some(l),
-            _ => None,
-        })
-        .collect();
-    crate::normalize::auto_node_names(&mut received);
-    crate::normalize::float_job_events(entries)
+    crate::normalize::float_job_events(crate::normalize::entries(t, n))
 }
 
 fn json_eq(a: &str, b: &str) -> bool {

@@ -10,9 +10,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use conformance::client::{self, CheckOptions, ClientUnderTest};
 use conformance::compare::Mode;
+use conformance::matrix::{
+    build, discrepancies, discrepancies_markdown, golden_columns, replace_block, version_label,
+    Column, README_BEGIN, README_END,
+};
 use conformance::play::PlayOptions;
 use conformance::report::{write_json, write_junit, CaseResult, KnownDivergences, Verdict};
-use conformance::runner::{describe_failure, run_case, Outcome};
+use conformance::runner::{describe_outcome, run_case, Outcome};
 use conformance::suite;
 use conformance::target::{InProcess, LaunchSpec, Process, Socket, Target};
 use mock_qemu::profile::{Flavor, Version};
@@ -100,6 +104,40 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// Play the scenarios against several QEMU versions (or take their
+    /// goldens) and print the behaviours that differ between them.
+    Matrix {
+        /// A real QEMU build: `[FLAVOR-]VERSION=PATH` (`qsd-5.2=/path/to/qemu-storage-daemon`),
+        /// repeatable. Default: $QEMU_QSD_5_2, $QEMU_QSD_7_2, $QEMU_QSD_10_0
+        /// (`QEMU_SYS_*` with `--flavor system`), those that are set.
+        #[arg(long, value_name = "[FLAVOR-]VERSION=PATH")]
+        qemu: Vec<String>,
+        /// Build the table from the recorded profiles and golden transcripts
+        /// instead: nothing is launched (fast, deterministic).
+        #[arg(long, conflicts_with = "qemu")]
+        from_goldens: bool,
+        /// qsd or system.
+        #[arg(long, default_value = "qsd")]
+        flavor: String,
+        /// Versions for --from-goldens and --mock: qemu-5.2,qemu-7.2,qemu-10.0 or all.
+        #[arg(long, default_value = "all")]
+        profile: String,
+        /// Also play every scenario against the mock with the same versions'
+        /// profiles and compare its table with this one (exit status 1 when
+        /// the mock shows different differences).
+        #[arg(long)]
+        mock: bool,
+        /// Only scenarios whose id contains this (repeatable).
+        #[arg(long)]
+        filter: Vec<String>,
+        /// Print markdown instead of aligned text.
+        #[arg(long)]
+        markdown: bool,
+        /// Write the markdown table into FILE between its
+        /// `<!-- qmp-conform matrix: … -->` markers (the README's copy).
+        #[arg(long, value_name = "FILE")]
+        update: Option<PathBuf>,
+    },
     /// Launch a real QEMU, record its profile data and every scenario's transcript.
     Record {
         /// The QEMU binary (qemu-storage-daemon or qemu-system-x86_64).
@@ -180,6 +218,28 @@ async fn real_main(cli: Cli) -> Result<bool> {
                 suite::profile_dir(&fixtures, id.version, flavor).display()
             );
             Ok(true)
+        }
+        Cmd::Matrix {
+            qemu,
+            from_goldens,
+            flavor,
+            profile,
+            mock,
+            filter,
+            markdown,
+            update,
+        } => {
+            let o = MatrixOptions {
+                qemu,
+                from_goldens,
+                flavor: flavor.parse()?,
+                versions: parse_list::<Version>(&profile, &Version::ALL)?,
+                mock,
+                filters: filter,
+                markdown,
+                update,
+            };
+            matrix(&fixtures, &o).await
         }
         Cmd::Client {
             exec,
@@ -364,11 +424,7 @@ async fn run(fixtures: &std::path::Path, o: &RunOptions<'_>) -> Result<bool> {
                 Err(e) => Outcome::Error(format!("restarting the target: {e:#}")),
             },
         };
-        let failure = match outcome {
-            Outcome::Pass => None,
-            Outcome::Fail(m) => Some(describe_failure(&m)),
-            Outcome::Error(e) => Some(e),
-        };
+        let failure = describe_outcome(&outcome);
         let listed = known.reason(&format!("{profile}/{id}"));
         let verdict = match (failure, listed) {
             (None, None) => Verdict::Pass,
@@ -504,4 +560,211 @@ async fn check_client(
 
 fn indent(s: &str) -> String {
     s.lines().map(|l| format!("       {l}\n")).collect()
+}
+
+/// What `qmp-conform matrix` was asked to do.
+struct MatrixOptions {
+    qemu: Vec<String>,
+    from_goldens: bool,
+    flavor: Flavor,
+    versions: Vec<Version>,
+    mock: bool,
+    filters: Vec<String>,
+    markdown: bool,
+    update: Option<PathBuf>,
+}
+
+/// `--qemu [FLAVOR-]VERSION=PATH`.
+fn parse_qemu_arg(arg: &str, flavor: Flavor) -> Result<(Version, PathBuf)> {
+    let (label, path) = arg
+        .split_once('=')
+        .with_context(|| format!("--qemu {arg}: expected [FLAVOR-]VERSION=PATH"))?;
+    let (f, v) = match label.rsplit_once('-') {
+        Some((f, v)) if f != "qemu" => (Some(f), v),
+        _ => (None, label),
+    };
+    if let Some(f) = f {
+        let f: Flavor = if f == "sys" {
+            Flavor::System
+        } else {
+            f.parse()?
+        };
+        if f != flavor {
+            bail!("--qemu {arg}: a {f} build, but the matrix is of --flavor {flavor}");
+        }
+    }
+    Ok((v.parse()?, PathBuf::from(path)))
+}
+
+/// The real builds to play: `--qemu`, else the `QEMU_*` variables of
+/// `ci/fetch-qemu.sh` that are set.
+fn real_builds(o: &MatrixOptions) -> Result<Vec<(Version, PathBuf)>> {
+    if !o.qemu.is_empty() {
+        return o.qemu.iter().map(|a| parse_qemu_arg(a, o.flavor)).collect();
+    }
+    let f = match o.flavor {
+        Flavor::Qsd => "QSD",
+        Flavor::System => "SYS",
+    };
+    let builds: Vec<(Version, PathBuf)> = o
+        .versions
+        .iter()
+        .filter_map(|&v| {
+            let var = format!("QEMU_{f}_{}", version_label(v).replace('.', "_"));
+            std::env::var_os(var).map(|p| (v, PathBuf::from(p)))
+        })
+        .collect();
+    if builds.len() < 2 {
+        bail!(
+            "qmp-conform matrix needs two builds or more: --qemu {}-VERSION=PATH (repeated), the QEMU_{f}_* variables of ci/fetch-qemu.sh, or --from-goldens",
+            o.flavor
+        );
+    }
+    Ok(builds)
+}
+
+async fn matrix(fixtures: &std::path::Path, o: &MatrixOptions) -> Result<bool> {
+    let started = Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = |label: String| {
+        move |what: &str| {
+            if what.contains("expectation not met") {
+                eprintln!("{}note: {what}", if tty { "\r\x1b[K" } else { "" });
+            } else if tty {
+                eprint!("\r{label}: {what}\x1b[K");
+            }
+        }
+    };
+    let scenarios = suite::scenarios(fixtures)?;
+    let (columns, source, versions) = if o.from_goldens {
+        let c = golden_columns(fixtures, o.flavor, &o.versions, &o.filters)?;
+        let v: Vec<Version> = o
+            .versions
+            .iter()
+            .copied()
+            .filter(|v| suite::recorded_profiles(fixtures).contains(&(*v, o.flavor)))
+            .collect();
+        (
+            c,
+            "the recorded golden transcripts and profiles".to_owned(),
+            v,
+        )
+    } else {
+        let mut columns = Vec::new();
+        let mut versions = Vec::new();
+        let mut names = Vec::new();
+        for (v, path) in real_builds(o)? {
+            let label = version_label(v);
+            let mut t = Process::launch(LaunchSpec::real_qemu(&path, o.flavor)).await?;
+            let opts = PlayOptions {
+                timeout: Duration::from_secs(5),
+                drop_duplicate_greeting: true,
+            };
+            let c = Column::from_target(
+                label,
+                &mut t,
+                &scenarios,
+                o.flavor,
+                &o.filters,
+                &opts,
+                progress(label.to_owned()),
+            )
+            .await?;
+            t.stop().await;
+            columns.push(c);
+            versions.push(v);
+            names.push(path.display().to_string());
+        }
+        (
+            columns,
+            format!("live runs of {}", names.join(", ")),
+            versions,
+        )
+    };
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    if columns.len() < 2 {
+        bail!(
+            "nothing to compare: fewer than two builds of flavor {}",
+            o.flavor
+        );
+    }
+    let table = build(&columns);
+    let mut out = std::io::stdout().lock();
+    let flavor = o.flavor;
+    if o.markdown {
+        writeln!(out, "## QMP differences between QEMU versions ({flavor})\n")?;
+        writeln!(out, "From {source}.\n")?;
+        out.write_all(table.markdown().as_bytes())?;
+    } else {
+        writeln!(
+            out,
+            "QMP differences between QEMU versions ({flavor}), from {source}\n"
+        )?;
+        out.write_all(table.text().as_bytes())?;
+    }
+    let mut ok = true;
+    if o.mock {
+        let mut mock = Vec::new();
+        for &v in &versions {
+            let label = version_label(v);
+            let mut t = InProcess::new(v, o.flavor)?;
+            let c = Column::from_target(
+                label,
+                &mut t,
+                &scenarios,
+                o.flavor,
+                &o.filters,
+                &PlayOptions::default(),
+                progress(format!("mock {label}")),
+            )
+            .await?;
+            mock.push(c);
+        }
+        if tty {
+            eprint!("\r\x1b[K");
+        }
+        let mock_table = build(&mock);
+        let d = discrepancies(&table, &mock_table);
+        let places: usize = table.rows.iter().map(|r| r.seen.len().max(1)).sum();
+        let head = "mock-qemu (in process, the same versions' profiles) against this table";
+        if o.markdown {
+            writeln!(out, "## {head}\n")?;
+        } else {
+            writeln!(out, "== {head}")?;
+        }
+        if d.is_empty() {
+            writeln!(
+                out,
+                "The mock shows the same differences: {} rows, {places} observations.",
+                table.rows.len()
+            )?;
+        } else {
+            ok = false;
+            writeln!(
+                out,
+                "The mock differs in {} of {places} observations:\n",
+                d.len()
+            )?;
+            out.write_all(discrepancies_markdown(&d, ("real", "mock")).as_bytes())?;
+        }
+    }
+    if let Some(path) = &o.update {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let block = format!("{README_BEGIN}\n{}{README_END}", table.markdown());
+        let new = replace_block(&text, &block).with_context(|| format!("in {}", path.display()))?;
+        if new != text {
+            std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
+        }
+        eprintln!("qmp-conform matrix: table written into {}", path.display());
+    }
+    eprintln!(
+        "qmp-conform matrix: {} rows over {} builds in {:.2}s",
+        table.rows.len(),
+        columns.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ok)
 }

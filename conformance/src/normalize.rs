@@ -14,7 +14,7 @@
 //! Rules for job progress, generated node names and drain pairs come with
 //! the graph and job suites.
 
-use crate::transcript::Entry;
+use crate::transcript::{Entry, Transcript};
 
 /// Context for one transcript's normalization.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +35,30 @@ impl Normalizer {
         }
         s
     }
+}
+
+/// A transcript's entries with rules 1–3 applied to the received lines
+/// (timestamps, work folder, generated node names); job events stay where
+/// they arrived (see [`float_job_events`] and [`drop_drain_pairs`]).
+pub fn entries(t: &Transcript, n: &Normalizer) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = t
+        .entries
+        .iter()
+        .map(|e| match e {
+            Entry::Recv(l) => Entry::Recv(n.line(l)),
+            Entry::RecvBadFraming(l) => Entry::RecvBadFraming(n.line(l)),
+            other => other.clone(),
+        })
+        .collect();
+    let mut received: Vec<&mut String> = entries
+        .iter_mut()
+        .filter_map(|e| match e {
+            Entry::Recv(l) | Entry::RecvBadFraming(l) => Some(l),
+            _ => None,
+        })
+        .collect();
+    auto_node_names(&mut received);
+    entries
 }
 
 /// Whether a received line is a job's progress event, which QEMU sends

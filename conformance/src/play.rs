@@ -1,12 +1,14 @@
 //! Playing a scenario over one QMP connection and recording the transcript.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::scenario::{escape, Scenario, Step, SYNC_ID_PREFIX};
+use crate::expect::{matches, Bindings};
+use crate::normalize::Normalizer;
+use crate::scenario::{escape, ExpectKind, Scenario, Step, SYNC_ID_PREFIX};
 use crate::target::{BoxedStream, Target};
 use crate::transcript::{Entry, Transcript};
 
@@ -130,25 +132,95 @@ async fn open(target: &mut dyn Target, t: &mut Transcript, opts: &PlayOptions) -
     })
 }
 
-/// Plays `scenario` against `target`, returning the transcript.
+/// An expectation of the scenario (`<-`, `expect-statuses`) that the target
+/// did not meet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmet {
+    /// `scenarios/jobs/x.qmp:12`: the scenario file and line.
+    pub at: String,
+    /// The scenario line as written.
+    pub step: String,
+    /// What was wrong (and what arrived).
+    pub why: String,
+}
+
+impl std::fmt::Display for Unmet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}\n  {}", self.at, self.step, self.why)
+    }
+}
+
+/// What playing a scenario produced.
+#[derive(Debug, Clone)]
+pub struct Played {
+    /// Everything sent and received.
+    pub transcript: Transcript,
+    /// Expectations the target did not meet (empty: all met).
+    pub unmet: Vec<Unmet>,
+}
+
+/// Where the expectations of the current step look: the entries since the
+/// last sending step, and how far `<-` lines have consumed them.
+#[derive(Debug, Default)]
+struct Cursor {
+    /// First entry of the step (after its `->`, or the reconnect).
+    start: usize,
+    /// The step was synchronised: all its replies are in.
+    synced: bool,
+    /// Next entry to look at for a message (non-event) pattern.
+    messages: usize,
+    /// Next entry to look at for an event pattern, per event name.
+    events: std::collections::HashMap<Option<String>, usize>,
+}
+
+impl Cursor {
+    fn at(start: usize, synced: bool) -> Cursor {
+        Cursor {
+            start,
+            synced,
+            ..Cursor::default()
+        }
+    }
+}
+
+/// Plays `scenario` against `target`: the transcript, and the scenario's
+/// expectations the target did not meet. An `Err` is a case that could not
+/// be played (a timeout waiting for a sync marker or an awaited event,
+/// a failed setup command).
 pub async fn play(
     scenario: &Scenario,
     target: &mut dyn Target,
     opts: &PlayOptions,
-) -> Result<Transcript> {
+) -> Result<Played> {
     let mut t = Transcript {
         header: vec![("scenario".into(), scenario.id.clone())],
         entries: vec![],
     };
+    let mut unmet = Vec::new();
+    let mut bindings = Bindings::default();
+    let norm = Normalizer {
+        workdirs: target
+            .workdir()
+            .map(|w| vec![w.display().to_string()])
+            .unwrap_or_default(),
+    };
     let mut conn = open(target, &mut t, opts).await?;
+    let mut cursor = Cursor::at(0, true);
     let mut sync_no = 0u32;
     let mut pending_unsynced = false;
     for step in &scenario.steps {
+        let fail = |line: usize, step: &str, why: String| Unmet {
+            at: format!("{}:{line}", scenario.file),
+            step: step.to_owned(),
+            why,
+        };
         match step {
             Step::Send {
                 bytes,
                 sync,
                 display,
+                vars,
+                line,
             } => {
                 if conn.closed {
                     bail!("step after the server closed the connection: {display}");
@@ -162,6 +234,21 @@ pub async fn play(
                         Entry::SentRaw(escape(bytes))
                     },
                 );
+                cursor = Cursor::at(t.entries.len(), *sync);
+                let substituted;
+                let bytes = if vars.is_empty() {
+                    bytes
+                } else {
+                    let text = String::from_utf8_lossy(bytes);
+                    match crate::expect::substitute(&text, vars, &bindings) {
+                        Ok(s) => substituted = s.into_bytes(),
+                        Err(why) => {
+                            unmet.push(fail(*line, display, why));
+                            substituted = bytes.clone();
+                        }
+                    }
+                    &substituted
+                };
                 match target.workdir() {
                     Some(w) => write(&mut conn, &with_workdir(bytes, w)).await,
                     None => write(&mut conn, bytes).await,
@@ -185,13 +272,34 @@ pub async fn play(
             Step::Reconnect => {
                 drop(conn);
                 t.entries.push(Entry::Reconnect);
+                cursor = Cursor::at(t.entries.len(), true);
                 conn = open(target, &mut t, opts).await?;
                 pending_unsynced = false;
             }
-            Step::AwaitEvent { name, data } => {
+            Step::AwaitEvent {
+                name,
+                data,
+                timeout,
+                line,
+            } => {
+                let at = format!("{}:{line}: await-event {name}", scenario.file);
                 if conn.closed {
-                    bail!("await-event {name} after the server closed the connection");
+                    bail!("{at}: the server closed the connection before");
                 }
+                let pattern = serde_json::Value::Object(data.clone());
+                let deadline = Instant::now() + timeout.unwrap_or(opts.timeout);
+                let mut hit = |text: &str| {
+                    let Some(v) = json(&norm, text) else {
+                        return false;
+                    };
+                    v.get("event").and_then(serde_json::Value::as_str) == Some(name)
+                        && matches(
+                            &pattern,
+                            v.get("data").unwrap_or(&serde_json::Value::Null),
+                            &mut bindings,
+                        )
+                        .is_ok()
+                };
                 let start = t
                     .entries
                     .iter()
@@ -199,30 +307,152 @@ pub async fn play(
                     .unwrap_or(0);
                 let seen = t.entries[start..]
                     .iter()
-                    .any(|e| matches!(e, Entry::Recv(l) if event_matches(l, name, data)));
+                    .any(|e| matches!(e, Entry::Recv(l) if hit(l)));
                 if !seen {
                     loop {
-                        let Some(l) = conn
-                            .reader
-                            .next_line(opts.timeout)
+                        let got = read_until(&mut conn, &mut t, opts, deadline)
                             .await
-                            .with_context(|| format!("waiting for event {name}"))?
-                        else {
-                            t.entries.push(Entry::Closed);
-                            conn.closed = true;
-                            bail!(
-                                "the server closed the connection while waiting for event {name}"
-                            );
-                        };
-                        if skip(&conn, &l, opts) {
-                            continue;
+                            .with_context(|| format!("{at}: waiting"))?;
+                        if !got {
+                            bail!("{at}: the server closed the connection while waiting");
                         }
-                        let hit = event_matches(&l.text, name, data);
-                        push_line(&mut t, l);
-                        if hit {
+                        if matches!(t.entries.last(), Some(Entry::Recv(l)) if hit(l)) {
                             break;
                         }
                     }
+                }
+            }
+            Step::Expect {
+                pattern,
+                kind,
+                line,
+                text,
+            } => {
+                let deadline = Instant::now() + opts.timeout;
+                let wanted = |e: &Entry| -> Option<Option<serde_json::Value>> {
+                    let (Entry::Recv(l) | Entry::RecvBadFraming(l)) = e else {
+                        return None;
+                    };
+                    let v = json(&norm, l);
+                    let event = v
+                        .as_ref()
+                        .and_then(|v| v.get("event"))
+                        .and_then(serde_json::Value::as_str);
+                    match (kind, event) {
+                        (ExpectKind::Message, None) => Some(v),
+                        (ExpectKind::Event(None), Some(_)) => Some(v),
+                        (ExpectKind::Event(Some(n)), Some(e)) if n == e => Some(v),
+                        _ => None,
+                    }
+                };
+                let from = match kind {
+                    ExpectKind::Message => cursor.messages,
+                    ExpectKind::Event(n) => cursor.events.get(n).copied().unwrap_or(0),
+                }
+                .max(cursor.start);
+                let mut found =
+                    (from..t.entries.len()).find_map(|i| wanted(&t.entries[i]).map(|v| (i, v)));
+                // Replies of a synchronised step are all in; events may come later.
+                let may_wait = !(cursor.synced && *kind == ExpectKind::Message);
+                let mut why_none = String::new();
+                while found.is_none() && may_wait && !conn.closed {
+                    match read_until(&mut conn, &mut t, opts, deadline).await {
+                        Ok(true) => {
+                            let i = t.entries.len() - 1;
+                            found = wanted(&t.entries[i]).map(|v| (i, v));
+                        }
+                        Ok(false) => why_none = " (the server closed the connection)".into(),
+                        Err(e) => why_none = format!(" ({e:#})"),
+                    }
+                    if !why_none.is_empty() {
+                        break;
+                    }
+                }
+                let what = match kind {
+                    ExpectKind::Message => "reply".to_owned(),
+                    ExpectKind::Event(None) => "event".to_owned(),
+                    ExpectKind::Event(Some(n)) => format!("event {n}"),
+                };
+                let Some((i, v)) = found else {
+                    unmet.push(fail(
+                        *line,
+                        text,
+                        format!("no {what} arrived after the preceding step{why_none}"),
+                    ));
+                    continue;
+                };
+                match kind {
+                    ExpectKind::Message => cursor.messages = i + 1,
+                    ExpectKind::Event(n) => {
+                        cursor.events.insert(n.clone(), i + 1);
+                    }
+                }
+                let received = match &t.entries[i] {
+                    Entry::Recv(l) | Entry::RecvBadFraming(l) => norm.line(l),
+                    _ => String::new(),
+                };
+                let result = match &v {
+                    Some(v) => matches(pattern, v, &mut bindings),
+                    None => Err("not a JSON message".to_owned()),
+                };
+                if let Err(why) = result {
+                    unmet.push(fail(*line, text, format!("{why}\n  received: {received}")));
+                }
+            }
+            Step::ExpectStatuses {
+                job,
+                statuses,
+                timeout,
+                line,
+                text,
+            } => {
+                let deadline = Instant::now() + timeout.unwrap_or(opts.timeout);
+                let mut why_short = String::new();
+                let seen = loop {
+                    let seen = job_statuses(&t.entries, job);
+                    if seen == statuses[..] || conn.closed {
+                        break seen;
+                    }
+                    // More events can still complete the list when what has
+                    // settled is its beginning (a trailing `paused` may yet
+                    // be half of a drain pair).
+                    let open_pair = usize::from(seen.last().is_some_and(|s| s == "paused"));
+                    let settled = &seen[..seen.len() - open_pair];
+                    if !(settled.len() < statuses.len() && statuses.starts_with(settled)) {
+                        break seen;
+                    }
+                    match read_until(&mut conn, &mut t, opts, deadline).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            why_short = " (the server closed the connection)".into();
+                            break job_statuses(&t.entries, job);
+                        }
+                        Err(_) => {
+                            why_short = format!(
+                                " (waited {:?} for the rest)",
+                                timeout.unwrap_or(opts.timeout)
+                            );
+                            break job_statuses(&t.entries, job);
+                        }
+                    }
+                };
+                if seen != statuses[..] {
+                    let list = |l: &[String]| {
+                        if l.is_empty() {
+                            "(none)".to_owned()
+                        } else {
+                            l.join(" ")
+                        }
+                    };
+                    unmet.push(fail(
+                        *line,
+                        text,
+                        format!(
+                            "job {job} went through {}{why_short}; expected {}",
+                            list(&seen),
+                            list(statuses)
+                        ),
+                    ));
                 }
             }
             Step::ExpectClose => {
@@ -247,7 +477,63 @@ pub async fn play(
         sync_no += 1;
         synchronise(&mut conn, &mut t, sync_no, opts).await?;
     }
-    Ok(t)
+    Ok(Played {
+        transcript: t,
+        unmet,
+    })
+}
+
+/// A received line as JSON, with the work folder masked as `<workdir>`
+/// (patterns are written with `<workdir>`).
+fn json(norm: &Normalizer, text: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(&norm.line(text)).ok()
+}
+
+/// The statuses of `job`'s `JOB_STATUS_CHANGE` events in a transcript,
+/// drain pairs dropped (a `paused` whose next status is `running`; see
+/// [`crate::normalize::drop_drain_pairs`]).
+pub fn job_statuses(entries: &[Entry], job: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in crate::normalize::drop_drain_pairs(entries.to_vec()) {
+        let Entry::Recv(l) = e else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) else {
+            continue;
+        };
+        if v.get("event").and_then(|e| e.as_str()) != Some("JOB_STATUS_CHANGE") {
+            continue;
+        }
+        let d = &v["data"];
+        if d.get("id").and_then(|i| i.as_str()) == Some(job) {
+            if let Some(s) = d.get("status").and_then(|s| s.as_str()) {
+                out.push(s.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Reads one more line into the transcript (a repeated greeting is
+/// dropped and not counted), up to `deadline`. `Ok(false)`: the server
+/// closed the connection.
+async fn read_until(
+    conn: &mut Conn,
+    t: &mut Transcript,
+    opts: &PlayOptions,
+    deadline: Instant,
+) -> Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(l) = conn.reader.next_line(left).await? else {
+            t.entries.push(Entry::Closed);
+            conn.closed = true;
+            return Ok(false);
+        };
+        if skip(conn, &l, opts) {
+            continue;
+        }
+        push_line(t, l);
+        return Ok(true);
+    }
 }
 
 /// `<workdir>` in sent bytes becomes the target's work folder.
@@ -334,21 +620,6 @@ async fn synchronise(
     }
 }
 
-/// Whether a received line is event `name` whose `data` has `members`.
-fn event_matches(
-    text: &str,
-    name: &str,
-    members: &serde_json::Map<String, serde_json::Value>,
-) -> bool {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
-        return false;
-    };
-    v.get("event").and_then(serde_json::Value::as_str) == Some(name)
-        && members
-            .iter()
-            .all(|(k, want)| v.get("data").and_then(|d| d.get(k)) == Some(want))
-}
-
 fn is_marker_reply(text: &str, id: &str) -> bool {
     serde_json::from_str::<serde_json::Value>(text)
         .is_ok_and(|v| v.get("id").and_then(|i| i.as_str()) == Some(id))
@@ -361,10 +632,12 @@ pub async fn play_with_retries(
     target: &mut dyn Target,
     opts: &PlayOptions,
     tries: u32,
-) -> Result<Transcript> {
+) -> Result<Played> {
     let mut last = None;
     for _ in 0..tries.max(1) {
-        match play(scenario, target, opts).await {
+        // Boxed: the state of a whole scenario is large, and the caller's stack
+        // also runs the in-process mock (deep JSON nesting recurses).
+        match Box::pin(play(scenario, target, opts)).await {
             Ok(t) => return Ok(t),
             Err(e) => {
                 let timed_out = format!("{e:#}").contains("timed out");

@@ -30,7 +30,9 @@ pub struct Identity {
     pub schema: serde_json::Value,
 }
 
-async fn exchange(
+/// Sends a command without arguments and returns its reply line (events
+/// and a repeated greeting are skipped).
+pub(crate) async fn exchange(
     r: &mut LineReader<tokio::io::ReadHalf<crate::target::BoxedStream>>,
     w: &mut tokio::io::WriteHalf<crate::target::BoxedStream>,
     greeting: &str,
@@ -165,11 +167,23 @@ pub async fn record_all(
     };
     let out_root = profile_dir(fixtures, id.version, flavor).join("transcripts");
     let mut n = 0;
+    let mut unmet = Vec::new();
     for s in scenarios.iter().filter(|s| s.applies_to(flavor.name())) {
         target.restart().await?;
-        let mut t = play_with_retries(s, &mut target, &opts, 3)
+        let played = play_with_retries(s, &mut target, &opts, 3)
             .await
             .with_context(|| format!("recording {}", s.id))?;
+        if !played.unmet.is_empty() {
+            // The scenario says what QEMU does; a QEMU that does not do it
+            // gets no golden (the old one stays).
+            unmet.push(format!(
+                "{}: {}",
+                s.id,
+                crate::runner::describe_unmet(&played.unmet)
+            ));
+            continue;
+        }
+        let mut t = played.transcript;
         let norm = Normalizer {
             workdirs: target
                 .workdir()
@@ -199,5 +213,13 @@ pub async fn record_all(
         n += 1;
     }
     target.stop().await;
+    if !unmet.is_empty() {
+        bail!(
+            "{} does not meet the expectations of {} scenario(s); their transcripts were not written ({n} others were):\n{}",
+            id.describe,
+            unmet.len(),
+            unmet.join("\n")
+        );
+    }
     Ok((id, n))
 }

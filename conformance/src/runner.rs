@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::compare::{compare, Mismatch, Mode};
 use crate::normalize::Normalizer;
-use crate::play::{play_with_retries, PlayOptions};
+use crate::play::{play_with_retries, PlayOptions, Unmet};
 use crate::scenario::Scenario;
 use crate::target::Target;
 use crate::transcript::Transcript;
@@ -18,6 +18,14 @@ pub enum Outcome {
     Pass,
     /// Differs.
     Fail(Box<Mismatch>),
+    /// The target did not meet the scenario's own expectations (`<-`,
+    /// `expect-statuses`); the transcript may differ too.
+    Unmet {
+        /// What was not met, in scenario order.
+        unmet: Vec<Unmet>,
+        /// The transcript's first difference, if any.
+        mismatch: Option<Box<Mismatch>>,
+    },
     /// Could not be run (target failed, timeout, …).
     Error(String),
 }
@@ -47,19 +55,56 @@ async fn run_case_inner(
         .with_context(|| format!("reading {}", golden_path.display()))?;
     let golden =
         Transcript::parse(&text).with_context(|| format!("parsing {}", golden_path.display()))?;
-    let actual = play_with_retries(scenario, target, opts, 3).await?;
+    let played = play_with_retries(scenario, target, opts, 3).await?;
     let an = Normalizer {
         workdirs: target
             .workdir()
             .map(|w| vec![w.display().to_string()])
             .unwrap_or_default(),
     };
-    Ok(
-        match compare(&golden, &Normalizer::default(), &actual, &an, mode) {
-            Ok(()) => Outcome::Pass,
-            Err(m) => Outcome::Fail(m),
-        },
+    let mismatch = compare(
+        &golden,
+        &Normalizer::default(),
+        &played.transcript,
+        &an,
+        mode,
     )
+    .err();
+    Ok(match (played.unmet, mismatch) {
+        (unmet, mismatch) if !unmet.is_empty() => Outcome::Unmet { unmet, mismatch },
+        (_, Some(m)) => Outcome::Fail(m),
+        (_, None) => Outcome::Pass,
+    })
+}
+
+/// Renders an outcome for humans; `None` for a pass.
+pub fn describe_outcome(o: &Outcome) -> Option<String> {
+    match o {
+        Outcome::Pass => None,
+        Outcome::Fail(m) => Some(describe_failure(m)),
+        Outcome::Unmet { unmet, mismatch } => {
+            let mut s = describe_unmet(unmet);
+            if let Some(m) = mismatch {
+                s.push_str("and the transcript differs: ");
+                s.push_str(&describe_failure(m));
+            }
+            Some(s)
+        }
+        Outcome::Error(e) => Some(e.clone()),
+    }
+}
+
+/// Renders unmet expectations, one block each.
+pub fn describe_unmet(unmet: &[Unmet]) -> String {
+    let mut s = format!(
+        "{} expectation{} of the scenario not met:\n",
+        unmet.len(),
+        if unmet.len() == 1 { "" } else { "s" }
+    );
+    for u in unmet {
+        s.push_str(&format!("{u}\n"));
+    }
+    s
 }
 
 /// Renders a failure for humans.

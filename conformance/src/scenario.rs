@@ -22,9 +22,25 @@
 //!   an event NAME whose `data` has those members has arrived since the last
 //!   request; it adds nothing to the transcript, so a job's asynchronous
 //!   events are in before the next request however fast the target is.
+//! - `await-event NAME {…} timeout=SECONDS`: the same with its own timeout
+//!   (default: the play timeout). The data is a pattern (see below).
 //! - `setup CMD`: runs `sh -c CMD` in the target's work folder before going
 //!   on (create an image with qemu-img, write data with qemu-io); a failure
 //!   fails the case.
+//!
+//! Expectations (nothing is sent; a target that does not meet one fails the
+//! case, real QEMU included; see [`crate::expect`] for patterns):
+//! - `<- PATTERN`: the next message received since the preceding sending
+//!   step (`->`, `send`, `send-partial`, `reconnect`) is checked against
+//!   PATTERN: for a pattern with an `"event"` member the next event of that
+//!   name (waited for, up to the timeout), otherwise the next message that is
+//!   not an event (a reply; the greeting after `reconnect`).
+//! - `expect-statuses JOB S1 S2 …`: the `JOB_STATUS_CHANGE` statuses of job
+//!   JOB seen so far, drain pairs dropped (`paused` then `running`, as in the
+//!   normalization), are exactly S1 S2 …; while they are a beginning of that
+//!   list the runner waits for the rest (up to the timeout, or `timeout=N`).
+//! - `$X` in a `->` line, where an earlier pattern bound X (`$name:X`): the
+//!   bound value is substituted before sending (the transcript keeps `$X`).
 //!
 //! `<workdir>` in any step stands for the target's private work folder.
 //!
@@ -32,13 +48,18 @@
 //! until its reply, so each step's output is complete without sleeping; the
 //! marker's own reply is not part of the transcript.
 
+use std::time::Duration;
+
 use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+use crate::expect;
 
 /// `id` prefix of the runner's synchronisation markers.
 pub const SYNC_ID_PREFIX: &str = "qmp-conform-sync-";
 
 /// One action of a scenario.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// Send bytes; `sync` = wait for everything they caused.
     Send {
@@ -48,6 +69,11 @@ pub enum Step {
         sync: bool,
         /// How the step was written (for transcripts).
         display: String,
+        /// Names bound by earlier patterns that the text uses as `$NAME`,
+        /// substituted before sending (`->` steps only).
+        vars: Vec<String>,
+        /// Scenario line (1-based).
+        line: usize,
     },
     /// Drop the connection and connect again.
     Reconnect,
@@ -60,9 +86,46 @@ pub enum Step {
     AwaitEvent {
         /// Event name.
         name: String,
-        /// Members `data` must have (a subset).
-        data: serde_json::Map<String, serde_json::Value>,
+        /// A pattern for `data` (members it must have; matchers allowed).
+        data: serde_json::Map<String, Value>,
+        /// How long to wait (default: the play timeout).
+        timeout: Option<Duration>,
+        /// Scenario line (1-based), for messages.
+        line: usize,
     },
+    /// `<- PATTERN`: the next message of a kind must match.
+    Expect {
+        /// The pattern.
+        pattern: Value,
+        /// Which message it is checked against.
+        kind: ExpectKind,
+        /// Scenario line (1-based) and its text, for messages.
+        line: usize,
+        /// The line as written.
+        text: String,
+    },
+    /// `expect-statuses JOB S…`: the job's status changes so far.
+    ExpectStatuses {
+        /// Job id.
+        job: String,
+        /// The statuses, in order.
+        statuses: Vec<String>,
+        /// How long to wait for the rest (default: the play timeout).
+        timeout: Option<Duration>,
+        /// Scenario line (1-based).
+        line: usize,
+        /// The line as written.
+        text: String,
+    },
+}
+
+/// What an `<-` pattern is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectKind {
+    /// The next message that is not an event (a reply, a greeting).
+    Message,
+    /// The next event with this name (`None`: any event).
+    Event(Option<String>),
 }
 
 /// A parsed scenario file.
@@ -78,6 +141,9 @@ pub struct Scenario {
     pub flavor: String,
     /// The steps.
     pub steps: Vec<Step>,
+    /// Where it was read from, for messages (`scenarios/jobs/x.qmp`;
+    /// defaults to the id).
+    pub file: String,
 }
 
 impl Scenario {
@@ -94,7 +160,10 @@ impl Scenario {
             checks: String::new(),
             flavor: "any".into(),
             steps: Vec::new(),
+            file: default_id.to_owned(),
         };
+        // Names bound by the patterns so far: `$NAME` in later `->` lines.
+        let mut bound: Vec<String> = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let ctx = || format!("line {}", n + 1);
             let line = line.trim_end();
@@ -117,10 +186,51 @@ impl Scenario {
             }
             if let Some(t) = line.strip_prefix("->") {
                 let t = t.trim_start();
+                let vars = expect::references(t)
+                    .into_iter()
+                    .filter(|r| bound.contains(r))
+                    .collect();
                 s.steps.push(Step::Send {
                     bytes: format!("{t}\n").into_bytes(),
                     sync: true,
                     display: t.to_owned(),
+                    vars,
+                    line: n + 1,
+                });
+            } else if let Some(t) = line.strip_prefix("<-") {
+                let pattern: Value = serde_json::from_str(t.trim())
+                    .with_context(|| format!("line {}: <- needs a JSON pattern", n + 1))?;
+                expect::check_pattern(&pattern).with_context(ctx)?;
+                expect::bound_names(&pattern, &mut bound);
+                let kind = match pattern.get("event") {
+                    None => ExpectKind::Message,
+                    Some(Value::String(e)) if !e.starts_with('$') => {
+                        ExpectKind::Event(Some(e.clone()))
+                    }
+                    Some(_) => ExpectKind::Event(None),
+                };
+                s.steps.push(Step::Expect {
+                    pattern,
+                    kind,
+                    line: n + 1,
+                    text: line.to_owned(),
+                });
+            } else if let Some(rest) = line.strip_prefix("expect-statuses ") {
+                let (rest, timeout) = strip_timeout(rest).with_context(ctx)?;
+                let mut words = rest.split_whitespace().map(str::to_owned);
+                let job = words
+                    .next()
+                    .ok_or_else(|| anyhow!("line {}: expect-statuses JOB STATUS…", n + 1))?;
+                let statuses: Vec<String> = words.collect();
+                if statuses.is_empty() {
+                    bail!("line {}: expect-statuses {job} needs statuses", n + 1);
+                }
+                s.steps.push(Step::ExpectStatuses {
+                    job,
+                    statuses,
+                    timeout,
+                    line: n + 1,
+                    text: line.to_owned(),
                 });
             } else if let Some(rest) = line.strip_prefix("send-partial ") {
                 let bytes = byte_terms(rest.trim()).with_context(ctx)?;
@@ -128,6 +238,8 @@ impl Scenario {
                     bytes,
                     sync: false,
                     display: rest.trim().to_owned(),
+                    vars: vec![],
+                    line: n + 1,
                 });
             } else if let Some(rest) = line.strip_prefix("send ") {
                 let bytes = byte_terms(rest.trim()).with_context(ctx)?;
@@ -135,23 +247,35 @@ impl Scenario {
                     bytes,
                     sync: true,
                     display: rest.trim().to_owned(),
+                    vars: vec![],
+                    line: n + 1,
                 });
             } else if line == "reconnect" {
                 s.steps.push(Step::Reconnect);
             } else if let Some(rest) = line.strip_prefix("await-event ") {
-                let rest = rest.trim();
+                let (rest, timeout) = strip_timeout(rest).with_context(ctx)?;
                 let (name, data) = match rest.split_once(char::is_whitespace) {
                     Some((event, d)) => {
-                        let v: serde_json::Value =
-                            serde_json::from_str(d.trim()).with_context(ctx)?;
-                        let serde_json::Value::Object(m) = v else {
+                        let v: Value = serde_json::from_str(d.trim()).with_context(ctx)?;
+                        let Value::Object(m) = v else {
                             bail!("line {}: await-event data must be a JSON object", n + 1)
                         };
                         (event.to_owned(), m)
                     }
                     None => (rest.to_owned(), serde_json::Map::new()),
                 };
-                s.steps.push(Step::AwaitEvent { name, data });
+                let pattern = Value::Object(data);
+                expect::check_pattern(&pattern).with_context(ctx)?;
+                expect::bound_names(&pattern, &mut bound);
+                let Value::Object(data) = pattern else {
+                    unreachable!("built as an object")
+                };
+                s.steps.push(Step::AwaitEvent {
+                    name,
+                    data,
+                    timeout,
+                    line: n + 1,
+                });
             } else if let Some(cmd) = line.strip_prefix("setup ") {
                 s.steps.push(Step::Setup(cmd.trim().to_owned()));
             } else if line == "expect-close" {
@@ -165,6 +289,23 @@ impl Scenario {
         }
         Ok(s)
     }
+}
+
+/// Splits a trailing `timeout=SECONDS` off a directive's arguments.
+fn strip_timeout(rest: &str) -> Result<(&str, Option<Duration>)> {
+    let rest = rest.trim();
+    let Some((head, last)) = rest.rsplit_once(char::is_whitespace) else {
+        return Ok((rest, None));
+    };
+    let Some(secs) = last.strip_prefix("timeout=") else {
+        return Ok((rest, None));
+    };
+    let secs: f64 = secs
+        .parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s > 0.0)
+        .ok_or_else(|| anyhow!("timeout= takes a positive number of seconds, got {secs}"))?;
+    Ok((head.trim_end(), Some(Duration::from_secs_f64(secs))))
 }
 
 /// Decodes a sequence of quoted terms, each optionally repeated:
@@ -318,5 +459,51 @@ mod tests {
     #[test]
     fn unknown_step_is_an_error() {
         assert!(Scenario::parse("# description: d\nbogus\n", "x").is_err());
+    }
+
+    #[test]
+    fn expectations_and_timeouts() {
+        let s = Scenario::parse(
+            concat!(
+                "# description: d\n",
+                "-> {\"execute\": \"query-named-block-nodes\"}\n",
+                "<- {\"return\": [{\"node-name\": \"$name:N\"}]}\n",
+                "<- {\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"id\": \"j\"}}\n",
+                "await-event BLOCK_JOB_READY {\"device\": \"j\"} timeout=2.5\n",
+                "await-event SHUTDOWN timeout=1\n",
+                "expect-statuses j created running ready timeout=3\n",
+                "-> {\"execute\": \"blockdev-del\", \"arguments\": {\"node-name\": \"$N\", \"x\": \"$M\"}}\n",
+            ),
+            "x",
+        )
+        .unwrap();
+        assert!(matches!(
+            &s.steps[1],
+            Step::Expect {
+                kind: ExpectKind::Message,
+                line: 3,
+                ..
+            }
+        ));
+        assert!(
+            matches!(&s.steps[2], Step::Expect { kind: ExpectKind::Event(Some(e)), .. } if e == "JOB_STATUS_CHANGE")
+        );
+        assert!(
+            matches!(&s.steps[3], Step::AwaitEvent { name, data, timeout: Some(t), line: 5 }
+            if name == "BLOCK_JOB_READY" && data.len() == 1 && *t == Duration::from_millis(2500))
+        );
+        assert!(
+            matches!(&s.steps[4], Step::AwaitEvent { name, timeout: Some(_), .. } if name == "SHUTDOWN")
+        );
+        assert!(
+            matches!(&s.steps[5], Step::ExpectStatuses { job, statuses, timeout: Some(_), .. }
+            if job == "j" && statuses == &["created", "running", "ready"])
+        );
+        // Only names bound earlier are substituted; `$M` is text.
+        assert!(matches!(&s.steps[6], Step::Send { vars, .. } if vars == &["N"]));
+        assert!(Scenario::parse("# description: d\n<- {\"return\": \"$bogus\"}\n", "x").is_err());
+        assert!(Scenario::parse("# description: d\n<- not json\n", "x").is_err());
+        assert!(Scenario::parse("# description: d\nexpect-statuses j\n", "x").is_err());
+        assert!(Scenario::parse("# description: d\nawait-event X timeout=0\n", "x").is_err());
     }
 }

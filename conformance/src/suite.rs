@@ -63,8 +63,10 @@ pub fn scenarios(fixtures: &Path) -> Result<Vec<Scenario>> {
         .map(|p| {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            Scenario::parse(&text, &rel_id(&root, p))
-                .with_context(|| format!("parsing {}", p.display()))
+            let mut s = Scenario::parse(&text, &rel_id(&root, p))
+                .with_context(|| format!("parsing {}", p.display()))?;
+            s.file = format!("scenarios/{}.qmp", rel_id(&root, p));
+            Ok(s)
         })
         .collect()
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use conformance::compare::Mode;
 use conformance::play::PlayOptions;
 use conformance::report::KnownDivergences;
-use conformance::runner::{describe_failure, run_case, Outcome};
+use conformance::runner::{describe_failure, describe_outcome, run_case, Outcome};
 use conformance::scenario::Scenario;
 use conformance::suite;
 use conformance::target::{InProcess, LaunchSpec, Process, Target};
@@ -133,6 +133,12 @@ fn run(
                 target.describe(),
                 golden.display(),
                 describe_failure(&m)
+            )
+            .into()),
+            Outcome::Unmet { .. } => Err(format!(
+                "{}: {}",
+                target.describe(),
+                describe_outcome(&outcome).unwrap_or_default()
             )
             .into()),
             Outcome::Error(e) => Err(format!("{}: {e}", target.describe()).into()),

@@ -7,7 +7,9 @@
 //! terms repeated with `* N`); `reconnect` starts a new connection; `setup
 //! qemu-img create [-q] -f FMT [-b FILE -F FMT] FILE [SIZE]` becomes an
 //! [`Op::Image`] (other `setup` commands are skipped); `<workdir>` in sent
-//! bytes becomes [`WORKDIR`]. Like the runner, every
+//! bytes becomes [`WORKDIR`]; expectations (`<-`, `expect-statuses`,
+//! `await-event`) send nothing, and `$NAME` bindings stay unsubstituted
+//! (a seed is only a start). Like the runner, every
 //! synchronising step is followed by its marker command
 //! `{"execute": "query-version", "id": "qmp-conform-sync-N"}`, and a
 //! scenario ending with unsynchronised input gets a final marker.
@@ -148,7 +150,11 @@ pub fn parse_scenario(text: &str) -> Result<ClientBytes, String> {
                 conn.push(ClientStep::Image(op));
             }
             continue;
-        } else if line == "expect-close" || line.starts_with("await-event ") {
+        } else if line == "expect-close"
+            || line.starts_with("await-event ")
+            || line.starts_with("expect-statuses ")
+            || line.starts_with("<-")
+        {
             continue; // the client sends nothing
         } else {
             out.unknown.push(at(line.to_owned()));
@@ -465,6 +471,8 @@ mod tests {
             parse_scenario("bogus\n").unwrap().unknown,
             ["line 1: bogus"]
         );
+        let e = parse_scenario("<- {\"return\": {}}\nexpect-statuses j created\n").unwrap();
+        assert!(e.unknown.is_empty() && e.connections == [Vec::<ClientStep>::new()]);
         assert!(parse_scenario("send \"x\" junk\n").is_err());
         let c = parse_scenario("send \"<workdir>/a <workdir>\"\n").unwrap();
         assert_eq!(
