@@ -105,12 +105,21 @@ struct Conn {
     closed: bool,
 }
 
-fn push_line(t: &mut Transcript, l: Line) {
+/// Most lines one play keeps: a server that floods (QEMU retrying a job's
+/// I/O error under `on-source-error: ignore` sends events without end)
+/// fails the case instead of filling memory.
+pub const MAX_RECEIVED_LINES: usize = 100_000;
+
+fn push_line(t: &mut Transcript, l: Line) -> Result<()> {
+    if t.entries.len() >= MAX_RECEIVED_LINES {
+        bail!("the server sent more than {MAX_RECEIVED_LINES} lines: a flood of events?");
+    }
     t.entries.push(if l.crlf {
         Entry::Recv(l.text)
     } else {
         Entry::RecvBadFraming(l.text)
     });
+    Ok(())
 }
 
 async fn open(target: &mut dyn Target, t: &mut Transcript, opts: &PlayOptions) -> Result<Conn> {
@@ -123,7 +132,7 @@ async fn open(target: &mut dyn Target, t: &mut Transcript, opts: &PlayOptions) -
         .context("waiting for the greeting")?
         .ok_or_else(|| anyhow!("the server closed the connection before greeting"))?;
     let text = greeting.text.clone();
-    push_line(t, greeting);
+    push_line(t, greeting)?;
     Ok(Conn {
         reader,
         writer: w,
@@ -464,7 +473,7 @@ pub async fn play(
                         .context("waiting for the server to close")?
                     {
                         if !skip(&conn, &l, opts) {
-                            push_line(&mut t, l);
+                            push_line(&mut t, l)?;
                         }
                     }
                     t.entries.push(Entry::Closed);
@@ -531,7 +540,7 @@ async fn read_until(
         if skip(conn, &l, opts) {
             continue;
         }
-        push_line(t, l);
+        push_line(t, l)?;
         return Ok(true);
     }
 }
@@ -616,7 +625,7 @@ async fn synchronise(
         if is_marker_reply(&l.text, &id) {
             return Ok(());
         }
-        push_line(t, l);
+        push_line(t, l)?;
     }
 }
 
