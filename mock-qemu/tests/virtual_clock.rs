@@ -108,10 +108,23 @@ fn a_one_tebibyte_mirror_goes_ready_after_its_simulated_copy_time() {
     for n in ["src", "dst"] {
         s.cmd(json!({"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": n, "size": 1u64 << 40}}));
     }
+    // An export stands in for the guest: the pivot moves it (recorded in
+    // jobs/mirror-pivot-export).
+    s.cmd(json!({"execute": "nbd-server-start", "arguments": {"addr": {"type": "unix", "data": {"path": "/nonexistent/nbd.sock"}}}}));
+    let (_, r) = s.cmd(json!({"execute": "block-export-add", "arguments": {"type": "nbd", "id": "e0", "node-name": "src"}}));
+    assert_eq!(r, json!({"return": {}}));
+    let exported = |s: &mut Session| {
+        let (_, r) = s.cmd(json!({"execute": "query-block-exports"}));
+        r["return"][0]["node-name"].as_str().unwrap().to_owned()
+    };
     s.cmd(json!({"execute": "blockdev-mirror", "arguments": {"job-id": "m", "device": "src", "target": "dst", "sync": "full"}}));
     assert!(
         s.advance(1_000_000_000).is_empty(),
         "1000 s at 1 GiB/s is not yet 1 TiB"
+    );
+    assert!(
+        exported(&mut s).starts_with("#block"),
+        "while the job runs the export sits on its mirror_top filter"
     );
     assert_eq!(s.advance(24_000_000), ["ready", "BLOCK_JOB_READY"]);
     let (ev, _) = s.cmd(json!({"execute": "job-complete", "arguments": {"id": "m"}}));
@@ -125,6 +138,9 @@ fn a_one_tebibyte_mirror_goes_ready_after_its_simulated_copy_time() {
             "null"
         ]
     );
+    assert_eq!(exported(&mut s), "dst", "the pivot moved the export");
+    let (_, r) = s.cmd(json!({"execute": "blockdev-del", "arguments": {"node-name": "src"}}));
+    assert_eq!(r, json!({"return": {}}), "nothing holds the old source");
 }
 
 #[test]

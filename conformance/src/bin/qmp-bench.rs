@@ -117,6 +117,11 @@ struct Args {
     /// connection before dropping it and reconnecting (counted as a retry).
     #[arg(long, default_value_t = 500)]
     greeting_timeout_ms: u64,
+    /// Mirror runs (to READY, then pivot) per target, median reported:
+    /// 1 TiB on mock-qemu's virtual clock, 64 MiB on qemu-storage-daemon
+    /// (0 skips that part).
+    #[arg(long, default_value_t = 3)]
+    mirror_reps: usize,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -704,6 +709,129 @@ fn graph_round_trips(s: &mut Session, n: usize, record: bool) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
+// Mirror to READY and pivot
+
+/// Mirrors `size` bytes on a fresh server and returns the wall time from
+/// sending blockdev-mirror to the job's `null` (through READY and
+/// job-complete). mock-qemu mirrors between two null-co nodes with stepped
+/// jobs and moves its virtual clock past the copy time with
+/// `x-mock-clock-advance`; qemu-storage-daemon copies `images`' src.qcow2
+/// (written full) into dst.qcow2.
+fn mirror_once(
+    t: &Target,
+    dir: &Path,
+    size: u64,
+    images: &Path,
+    timeout: Duration,
+) -> Result<Duration> {
+    let sock = dir.join(format!("{}-mirror.sock", t.name));
+    let mut cmd = t.command(&sock);
+    if t.kind == Kind::Mock {
+        cmd.args(["--mock-jobs", "stepped"]);
+    }
+    let mut server = Server::spawn(cmd, None)?;
+    let o = open_session(&sock, &mut server, Instant::now(), timeout)?;
+    let mut c = o.client;
+    let mut hic = Hiccups::default();
+    for n in ["src", "dst"] {
+        let add = if t.kind == Kind::Mock {
+            format!(
+                "{{\"execute\": \"blockdev-add\", \"arguments\": {{\"driver\": \"null-co\", \"node-name\": \"{n}\", \"size\": {size}}}}}\n"
+            )
+        } else {
+            let f = images.join(format!("{n}.qcow2"));
+            format!(
+                "{{\"execute\": \"blockdev-add\", \"arguments\": {{\"driver\": \"qcow2\", \"node-name\": \"{n}\", \"file\": {{\"driver\": \"file\", \"filename\": \"{}\"}}}}}}\n",
+                f.display()
+            )
+        };
+        c.request(add.as_bytes(), &mut hic)
+            .with_context(|| format!("blockdev-add {n}"))?;
+    }
+    let wait = |c: &mut Client, what: &str| -> Result<()> {
+        loop {
+            let l = c
+                .read_line()
+                .with_context(|| format!("waiting for {what}"))?;
+            if l.contains(what) {
+                return Ok(());
+            }
+        }
+    };
+    let t0 = Instant::now();
+    c.request(
+        b"{\"execute\": \"blockdev-mirror\", \"arguments\": {\"job-id\": \"m\", \"device\": \"src\", \"target\": \"dst\", \"sync\": \"full\"}}\n",
+        &mut hic,
+    )
+    .context("blockdev-mirror")?;
+    if t.kind == Kind::Mock {
+        // The simulated copy time at the default 1 GiB/s, and then some.
+        let micros = size / (1 << 30) * 1_000_000 + 1_000_000;
+        let adv = format!(
+            "{{\"execute\": \"x-mock-clock-advance\", \"arguments\": {{\"microseconds\": {micros}}}}}\n"
+        );
+        c.writer.write_all(adv.as_bytes())?;
+    }
+    wait(&mut c, "\"BLOCK_JOB_READY\"")?;
+    c.writer
+        .write_all(b"{\"execute\": \"job-complete\", \"arguments\": {\"id\": \"m\"}}\n")?;
+    wait(&mut c, "\"status\": \"null\"")?;
+    Ok(t0.elapsed())
+}
+
+/// Median of `reps` mirror runs (qsd: fresh images for each run).
+fn mirror_median(
+    t: &Target,
+    dir: &Path,
+    size: u64,
+    reps: usize,
+    qemu_img: &Path,
+    timeout: Duration,
+) -> Result<f64> {
+    let images = dir.join("mirror-images");
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        if t.kind == Kind::Qsd {
+            mirror_images(qemu_img, &images, size)?;
+        }
+        v.push(ns(mirror_once(t, dir, size, &images, timeout)?));
+    }
+    Ok(summarize(&mut v).map_or(0.0, |s| s.median))
+}
+
+/// src.qcow2 written full (qemu-io next to qemu-img), and an empty dst.qcow2.
+fn mirror_images(qemu_img: &Path, dir: &Path, size: u64) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    let run = |prog: &Path, args: &[&str]| -> Result<()> {
+        let st = Command::new(prog)
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("running {}", prog.display()))?;
+        if !st.success() {
+            bail!("{} {args:?} failed", prog.display());
+        }
+        Ok(())
+    };
+    let qemu_io = qemu_img.with_file_name("qemu-io");
+    let (src, dst) = (dir.join("src.qcow2"), dir.join("dst.qcow2"));
+    let (src, dst) = (src.to_string_lossy(), dst.to_string_lossy());
+    let sz = size.to_string();
+    run(qemu_img, &["create", "-q", "-f", "qcow2", &src, &sz])?;
+    run(qemu_img, &["create", "-q", "-f", "qcow2", &dst, &sz])?;
+    run(
+        &qemu_io,
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("write -P 0xa5 0 {size}"),
+            &src,
+        ],
+    )
+}
+
+// ---------------------------------------------------------------------------
 // Report
 
 fn machine_info() -> Value {
@@ -1061,6 +1189,37 @@ fn run(args: &Args) -> Result<()> {
     }
     let t_total = started.elapsed();
     let t_graph = t_total - t_launch - t_rtt - t_pipe;
+    let qemu_img_found = Command::new(&args.qemu_img)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+
+    // 5. Mirror to READY and pivot: 1 TiB on mock-qemu's virtual clock,
+    // 64 MiB really copied by qemu-storage-daemon.
+    let mut mirror_rows = Vec::new();
+    if args.mirror_reps > 0 {
+        for t in targets
+            .iter()
+            .filter(|t| t.kind == Kind::Mock || (t.kind == Kind::Qsd && qemu_img_found))
+        {
+            let size = if t.kind == Kind::Mock {
+                1 << 40
+            } else {
+                64 << 20
+            };
+            let m = mirror_median(
+                t,
+                dir.path(),
+                size,
+                args.mirror_reps,
+                &args.qemu_img,
+                timeout,
+            )
+            .with_context(|| format!("{}: mirror", t.name))?;
+            mirror_rows.push((t.name, size, m));
+        }
+    }
 
     let outcomes: Vec<Outcome> = targets
         .iter()
@@ -1206,6 +1365,30 @@ fn run(args: &Args) -> Result<()> {
             None => println!("target query-named-block-nodes (100 nodes) median: n/a"),
         }
     }
+    for (name, size, m) in &mirror_rows {
+        println!(
+            "mirror to READY + pivot, {name}: {} in {} wall (median of {}){}",
+            if *size >= 1 << 40 {
+                format!("{} TiB", size >> 40)
+            } else {
+                format!("{} MiB", size >> 20)
+            },
+            fmt_ns(Some(*m)),
+            args.mirror_reps,
+            if name == &"mock-qemu" {
+                " of null-co on the virtual clock (stepped jobs, 1 GiB/s simulated)"
+            } else {
+                " (qcow2 written full → empty qcow2), bytes really copied"
+            }
+        );
+    }
+    if let [(_, s_mock, m_mock), (_, s_qsd, m_qsd)] = mirror_rows[..] {
+        println!(
+            "mirror: mock-qemu moves {}x the bytes of qsd in {:.2}x its wall time",
+            s_mock / s_qsd,
+            m_mock / m_qsd
+        );
+    }
 
     // Noise: CPU that other processes used while we ran, and steal.
     let secs = t_total.as_secs_f64();
@@ -1284,6 +1467,10 @@ fn run(args: &Args) -> Result<()> {
             } else {
                 Value::Null
             },
+            "mirror": mirror_rows
+                .iter()
+                .map(|(name, size, m)| json!({"target": name, "bytes": size, "median_ns": m}))
+                .collect::<Vec<_>>(),
             "noise": noise,
             "seconds": secs,
         });
