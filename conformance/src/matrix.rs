@@ -1303,8 +1303,21 @@ fn seen_list(seen: &[String], max: usize) -> String {
     s
 }
 
+/// Control characters as JSON writes them (`\u0000`), so the table stays text.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\u{:04x}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn md_cell(s: &str) -> String {
-    let s = s.replace('|', "\\|");
+    let s = printable(s).replace('|', "\\|");
     if s == YES || s == NO || s.is_empty() {
         s
     } else {
@@ -1344,7 +1357,7 @@ impl Table {
                 let _ = write!(
                     s,
                     "| {} | {} |",
-                    r.behaviour.replace('|', "\\|"),
+                    printable(&r.behaviour).replace('|', "\\|"),
                     cells.join(" | ")
                 );
                 if kind.observed() {

@@ -57,6 +57,9 @@ pub struct Config {
     pub max_clients: usize,
     /// Stepped job mode and its throughput (`--mock-jobs stepped[:BYTES_PER_S]`).
     pub stepped_jobs: Option<u64>,
+    /// Strict mode (`--mock-strict`, `MOCK_QEMU_STRICT=1`): refuse uses of
+    /// images a commit invalidated (a simulator extension; QEMU accepts them).
+    pub strict: bool,
     /// `--version` / `-version` was asked for.
     pub print_version: bool,
     /// `--help` / `-h`.
@@ -327,6 +330,9 @@ pub fn parse(
     if let Some(m) = env("MOCK_QEMU_JOBS") {
         cfg.stepped_jobs = parse_job_mode(&m)?;
     }
+    if env("MOCK_QEMU_STRICT").is_some_and(|v| v == "1") {
+        cfg.strict = true;
+    }
     if let Some(n) = env("MOCK_QEMU_MAX_CLIENTS") {
         cfg.max_clients = n.parse().map_err(|_| {
             CmdlineError::Invalid(format!("MOCK_QEMU_MAX_CLIENTS: '{n}' is not a number"))
@@ -374,6 +380,7 @@ pub fn parse(
                 let v = value(name)?;
                 cfg.stepped_jobs = parse_job_mode(&v)?;
             }
+            "mock-strict" => cfg.strict = true,
             "mock-max-clients" => {
                 let v = value(name)?;
                 cfg.max_clients = v.parse().map_err(|_| {

@@ -44,6 +44,9 @@ pub struct CoreConfig {
     /// Stepped job mode with this simulated throughput (bytes per second)
     /// for jobs without a speed limit; `None`: instant mode.
     pub stepped_jobs: Option<u64>,
+    /// Strict mode: images a commit invalidated may not be used again
+    /// (a simulator extension, off by default and for conformance runs).
+    pub strict: bool,
 }
 
 impl Default for CoreConfig {
@@ -52,6 +55,7 @@ impl Default for CoreConfig {
             epoch: VirtualTime(1_700_000_000_000_000),
             start_paused: false,
             stepped_jobs: None,
+            strict: false,
         }
     }
 }
@@ -90,6 +94,7 @@ impl Core {
         let style = json_style(&profile);
         let mut machine = Machine::new(config.epoch, config.start_paused);
         machine.set_stepped(config.stepped_jobs);
+        machine.set_strict(config.strict);
         Core {
             profile,
             machine,

@@ -175,6 +175,7 @@ fn run(prog: &str, cfg: Config) -> Result<()> {
             epoch: VirtualTime(epoch),
             start_paused: cfg.start_paused,
             stepped_jobs: cfg.stepped_jobs,
+            strict: cfg.strict,
         },
     );
     core.set_host_io(Box::new(mock_qemu::host::RealHostIo::default()));

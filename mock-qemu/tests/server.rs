@@ -987,3 +987,92 @@ fn blockdev_create_writes_the_images_qemu_writes() {
         assert!(x == y, "the image {m} wrote differs from {r}'s");
     }
 }
+
+/// Reference §3.11: after a commit the intermediates are stale. QEMU (and
+/// the mock by default) accepts a new overlay on one; the mock's opt-in
+/// strict mode refuses it with its own message.
+#[test]
+fn strict_mode_catches_an_overlay_on_an_image_a_commit_invalidated() {
+    let mut strict = mock(Flavor::Qsd);
+    strict.label.push_str(" --mock-strict");
+    strict.pre.push("--mock-strict".into());
+    let mut cases: Vec<(Program, bool)> = vec![(mock(Flavor::Qsd), false), (strict, true)];
+    cases.extend(real(Flavor::Qsd).map(|p| (p, false)));
+    for (p, is_strict) in cases {
+        let (vm, sock) = qsd(&p);
+        let s = |n: &str| vm.path(n).display().to_string();
+        assert!(
+            run_tool(
+                "qemu-img",
+                &["create", "-q", "-f", "qcow2", &s("base.qcow2"), "1M"]
+            )
+            .0
+        );
+        for (img, back) in [("mid.qcow2", "base.qcow2"), ("top.qcow2", "mid.qcow2")] {
+            assert!(
+                run_tool(
+                    "qemu-img",
+                    &[
+                        "create",
+                        "-q",
+                        "-f",
+                        "qcow2",
+                        "-b",
+                        &s(back),
+                        "-F",
+                        "qcow2",
+                        &s(img)
+                    ]
+                )
+                .0
+            );
+        }
+        let mut c = Client::connect(&sock);
+        c.negotiate();
+        for (node, back) in [("base", None), ("mid", Some("base")), ("top", Some("mid"))] {
+            let mut a = json!({"driver": "qcow2", "node-name": node,
+                "file": {"driver": "file", "filename": s(&format!("{node}.qcow2"))}});
+            if let Some(b) = back {
+                a["backing"] = json!(b);
+            }
+            let (_, r) = c.cmd(json!({"execute": "blockdev-add", "arguments": a}));
+            assert_eq!(r, json!({"return": {}}), "{}", p.label);
+        }
+        let (_, r) = c.cmd(
+            json!({"execute": "block-commit", "arguments": {"job-id": "c",
+            "device": "top", "top-node": "mid", "base-node": "base"}}),
+        );
+        assert_eq!(r, json!({"return": {}}), "{}", p.label);
+        loop {
+            let ev = c.line();
+            if ev["event"] == "JOB_STATUS_CHANGE" && ev["data"]["status"] == "null" {
+                break;
+            }
+        }
+        let (_, r) = c.cmd(json!({"execute": "blockdev-snapshot-sync", "arguments": {
+            "node-name": "mid", "snapshot-file": s("over-mid.qcow2"),
+            "snapshot-node-name": "over-mid", "format": "qcow2"}}));
+        if is_strict {
+            let desc = r["error"]["desc"].as_str().unwrap_or_default();
+            assert!(
+                desc.starts_with("mock-qemu strict mode: a new overlay uses '")
+                    && desc.contains("mid.qcow2")
+                    && desc.contains("block-commit job 'c'"),
+                "{}: {r}",
+                p.label
+            );
+        } else {
+            assert_eq!(
+                r,
+                json!({"return": {}}),
+                "{}: as QEMU, no complaint",
+                p.label
+            );
+        }
+        // The base and the top stay usable in every mode.
+        let (_, r) = c.cmd(json!({"execute": "blockdev-snapshot-sync", "arguments": {
+            "node-name": "top", "snapshot-file": s("over-top.qcow2"),
+            "snapshot-node-name": "over-top", "format": "qcow2"}}));
+        assert_eq!(r, json!({"return": {}}), "{}", p.label);
+    }
+}

@@ -35,6 +35,7 @@ impl BlockCommit {
                 format!("Device '{device}' not found"),
             ));
         };
+        super::check_strict(ctx, dev, "block-commit")?;
         let chain = {
             let mut c = vec![dev];
             let mut cur = dev;

@@ -229,6 +229,7 @@ impl BlockExportAdd {
             )));
         }
         let node = lookup_node(ctx, v, &self.node)?;
+        super::check_strict(ctx, node, "an export")?;
         let read_only = ctx.machine.graph().node(node).is_some_and(|n| n.read_only);
         if read_only && self.writable {
             // nbd-server-add quietly exports a read-only node read-only.

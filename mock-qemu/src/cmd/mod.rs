@@ -144,6 +144,23 @@ fn dict(args: &serde_json::Value) -> QDict {
     }
 }
 
+/// Strict mode (`--mock-strict`): refuses a use of an image that a
+/// completed commit invalidated (reference §3.11). The message is plainly
+/// the mock's own: QEMU keeps no such mark and accepts the command.
+pub(super) fn check_strict(
+    ctx: &Context<'_>,
+    id: crate::model::graph::NodeId,
+    what: &str,
+) -> Result<(), QmpError> {
+    match ctx.machine.invalidated_by(id) {
+        Some((file, job)) => Err(QmpError::generic(format!(
+            "mock-qemu strict mode: {what} uses '{file}', which block-commit job '{job}' \
+             invalidated (it no longer represents any point in time); QEMU would accept this"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The mock-only error for a command the profile has but the model does not
 /// implement yet: never a fake success.
 pub fn not_implemented(profile: &Profile, name: &str) -> QmpError {

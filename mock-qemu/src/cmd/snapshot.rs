@@ -116,6 +116,7 @@ impl BlockdevSnapshotSync {
         if let Some(e) = busy_as_backing(ctx, id) {
             return Err(e);
         }
+        super::check_strict(ctx, id, "a new overlay")?;
         let snapshot_node_name = a.get_str("snapshot-node-name");
         if node_name.is_some() && snapshot_node_name.is_none() {
             return Err(QmpError::generic(desc::overlay_name_missing(v)));
@@ -198,6 +199,7 @@ impl BlockdevSnapshot {
         if let Some(e) = busy_as_backing(ctx, id) {
             return Err(e);
         }
+        super::check_strict(ctx, id, "a new overlay")?;
         // bdrv_open() of a reference: a lookup.
         let overlay = ctx
             .machine

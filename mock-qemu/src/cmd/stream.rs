@@ -29,6 +29,7 @@ impl BlockStream {
         let top = graph
             .find(&device)
             .ok_or_else(|| desc::node_lookup(v, &device, &device))?;
+        super::check_strict(ctx, top, "block-stream")?;
         // A node a job works on is blocked for other jobs (op blocker).
         if let Some(j) = ctx
             .machine

@@ -152,6 +152,11 @@ pub struct Machine {
     graph_generation: u64,
     exports: exports::Exports,
     objects: objects::Objects,
+    /// Strict mode is on.
+    strict: bool,
+    /// Image files a completed commit left stale, with the job that did it
+    /// (reference §3.11; only consulted in strict mode).
+    invalidated: std::collections::BTreeMap<String, String>,
     run_state: RunState,
     quit_requested: bool,
     outbox: Vec<Stamped>,
@@ -172,6 +177,8 @@ impl Machine {
             graph_generation: 0,
             exports: exports::Exports::default(),
             objects: objects::Objects::default(),
+            strict: false,
+            invalidated: std::collections::BTreeMap::new(),
             run_state: if start_paused {
                 RunState::Prelaunch
             } else {
@@ -186,6 +193,50 @@ impl Machine {
     /// The virtual clock.
     pub fn clock(&self) -> &VirtualClock {
         &self.clock
+    }
+
+    /// Turns strict mode on or off.
+    pub fn set_strict(&mut self, strict: bool) {
+        self.strict = strict;
+    }
+
+    /// In strict mode: the job that invalidated the image of node `id` (or
+    /// of the node it reads through, for a format node), if one did.
+    pub fn invalidated_by(&self, id: graph::NodeId) -> Option<(&str, &str)> {
+        if !self.strict {
+            return None;
+        }
+        let node = self.graph.node(id)?;
+        let file = node
+            .file
+            .as_ref()
+            .map(|f| f.filename.as_str())
+            .or_else(|| {
+                let f = self.graph.child(id, "file")?;
+                self.graph
+                    .node(f)?
+                    .file
+                    .as_ref()
+                    .map(|f| f.filename.as_str())
+            })?;
+        self.invalidated
+            .get_key_value(file)
+            .map(|(f, j)| (f.as_str(), j.as_str()))
+    }
+
+    /// Marks the images of `nodes` as invalidated by job `job`.
+    fn invalidate(&mut self, nodes: &[graph::NodeId], job: &str) {
+        for id in nodes {
+            let file = self
+                .graph
+                .child(*id, "file")
+                .and_then(|f| self.graph.node(f))
+                .and_then(|f| f.file.as_ref())
+                .map(|f| f.filename.clone());
+            if let Some(f) = file {
+                self.invalidated.insert(f, job.to_owned());
+            }
+        }
     }
 
     /// User-created objects.
@@ -511,6 +562,14 @@ impl Machine {
                 // job runs) move to the base; in qemu-storage-daemon often
                 // nothing holds the top, so the graph stays (recorded).
                 if let Some(base) = job.base {
+                    // Everything above the base is stale now (§3.11).
+                    let mut stale = Vec::new();
+                    let mut cur = Some(job.node);
+                    while let Some(n) = cur.filter(|n| *n != base) {
+                        stale.push(n);
+                        cur = self.graph.child(n, "backing");
+                    }
+                    self.invalidate(&stale, &job.id);
                     self.graph
                         .replace_node(job.filter.unwrap_or(job.node), base);
                     self.graph_generation += 1;
@@ -522,6 +581,17 @@ impl Machine {
                 let (Some(top), Some(base)) = (job.top, job.base) else {
                     return;
                 };
+                // The intermediates top … base (base excluded) no longer
+                // represent any point in time (§3.11).
+                let mut stale = Vec::new();
+                let mut cur = Some(top);
+                while let Some(n) = cur.filter(|n| *n != base) {
+                    if Some(n) != job.filter {
+                        stale.push(n);
+                    }
+                    cur = self.graph.child(n, "backing");
+                }
+                self.invalidate(&stale, &job.id);
                 // The overlay above top (past the job's commit_top filter).
                 let mut above = job.node;
                 let mut cur = job.node;
