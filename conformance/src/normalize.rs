@@ -74,6 +74,18 @@ pub fn is_job_progress_event(line: &str) -> bool {
         && !line.contains("\"status\": \"running\"")
 }
 
+/// The job a job event is about (`data.id`, or `data.device` for the
+/// `BLOCK_JOB_*` events).
+fn job_of_event(line: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+    let d = &v["data"];
+    d["id"]
+        .as_str()
+        .or_else(|| d["device"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A job's status change: (job id, status).
 fn job_status(line: &str) -> Option<(String, String)> {
     if !line.contains("\"event\": \"JOB_STATUS_CHANGE\"") {
@@ -135,9 +147,16 @@ pub fn drop_drain_pairs(entries: Vec<Entry>) -> Vec<Entry> {
 /// order among themselves, and every other line's position, are compared.
 pub fn float_job_events(entries: Vec<Entry>) -> Vec<Entry> {
     let entries = drop_drain_pairs(entries);
-    let (floating, mut fixed): (Vec<Entry>, Vec<Entry>) = entries
+    let (mut floating, mut fixed): (Vec<Entry>, Vec<Entry>) = entries
         .into_iter()
         .partition(|e| matches!(e, Entry::Recv(l) if is_job_progress_event(l)));
+    // Jobs that run at the same time finish in an order that is timing
+    // (two backups of one transaction reach `waiting` either way round):
+    // each job's events keep their order, jobs are taken by id.
+    floating.sort_by_key(|e| match e {
+        Entry::Recv(l) => job_of_event(l),
+        _ => String::new(),
+    });
     fixed.extend(floating);
     fixed
 }

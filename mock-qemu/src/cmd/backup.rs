@@ -195,7 +195,11 @@ impl Backup {
                 }
             }
         }
-        // The drain when the job attaches its filter: paused, running.
+        // The drain when the job attaches its filter: paused, running (a
+        // transaction starts its jobs later; drain pairs are normalized).
+        if ctx.machine.in_transaction() {
+            return Ok(reply);
+        }
         let err = |e: crate::model::jobs::JobError| QmpError::generic(e.to_string());
         ctx.machine
             .set_status(&id, JobStatus::Paused, false)

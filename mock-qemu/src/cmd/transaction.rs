@@ -90,6 +90,7 @@ impl Transaction {
             }
         }
         let saved = ctx.machine.graph().clone();
+        ctx.machine.begin_transaction();
         for (kind, data) in &self.actions {
             let result = if self.grouped
                 && !early
@@ -112,10 +113,14 @@ impl Transaction {
                 ))
             };
             if let Err(e) = result {
+                ctx.machine.abort_transaction();
                 ctx.machine.graph_mut().restore(saved);
                 return Err(e);
             }
         }
+        // The jobs start now: 10.0 commits the actions last first.
+        ctx.machine
+            .commit_transaction(self.grouped, ctx.profile.version() >= Version::V10_0);
         Ok(QObject::Dict(QDict::new()))
     }
 }

@@ -237,6 +237,8 @@ pub struct Job {
     pub until_cancelled: bool,
     /// A soft cancel of a ready mirror: it completes without the pivot.
     pub no_pivot: bool,
+    /// The `completion-mode: grouped` transaction it belongs to.
+    pub txn: Option<u64>,
 }
 
 impl Job {
@@ -266,6 +268,7 @@ impl Job {
             owned_target: None,
             until_cancelled: false,
             no_pivot: false,
+            txn: None,
         }
     }
 }

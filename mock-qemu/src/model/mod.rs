@@ -154,6 +154,10 @@ pub struct Machine {
     objects: objects::Objects,
     /// Strict mode is on.
     strict: bool,
+    /// Inside a `transaction`: jobs created but not started yet.
+    deferred: Option<Vec<String>>,
+    /// Next `completion-mode: grouped` transaction id.
+    next_txn: u64,
     /// Image files a completed commit left stale, with the job that did it
     /// (reference §3.11; only consulted in strict mode).
     invalidated: std::collections::BTreeMap<String, String>,
@@ -178,6 +182,8 @@ impl Machine {
             exports: exports::Exports::default(),
             objects: objects::Objects::default(),
             strict: false,
+            deferred: None,
+            next_txn: 0,
             invalidated: std::collections::BTreeMap::new(),
             run_state: if start_paused {
                 RunState::Prelaunch
@@ -303,7 +309,66 @@ impl Machine {
     /// their events, before the starting command answers.
     pub fn start_job(&mut self, job: Job) -> Result<(), JobError> {
         let id = self.create_job(job)?;
+        if let Some(d) = self.deferred.as_mut() {
+            // A transaction starts its jobs once every action succeeded.
+            d.push(id);
+            return Ok(());
+        }
         self.set_status(&id, JobStatus::Running, false)
+    }
+
+    /// A `transaction` begins: jobs its actions create start at its end.
+    pub fn begin_transaction(&mut self) {
+        self.deferred = Some(Vec::new());
+    }
+
+    /// Whether jobs being created now wait for a transaction's end.
+    pub fn in_transaction(&self) -> bool {
+        self.deferred.is_some()
+    }
+
+    /// Every action succeeded: the jobs start — in action order up to 7.2,
+    /// last first in 10.0 (recorded) — and with `grouped` they finish
+    /// together.
+    pub fn commit_transaction(&mut self, grouped: bool, last_first: bool) {
+        let mut ids = self.deferred.take().unwrap_or_default();
+        if grouped && !ids.is_empty() {
+            let txn = self.next_txn;
+            self.next_txn += 1;
+            for id in &ids {
+                if let Some(j) = self.job_mut(id) {
+                    j.txn = Some(txn);
+                }
+            }
+        }
+        if last_first {
+            ids.reverse();
+        }
+        for id in ids {
+            let _ = self.set_status(&id, JobStatus::Running, false);
+        }
+    }
+
+    /// An action failed: the jobs created so far go away unstarted.
+    pub fn abort_transaction(&mut self) {
+        for id in self.deferred.take().unwrap_or_default() {
+            let _ = self.set_status(&id, JobStatus::Null, false);
+        }
+    }
+
+    /// The members of job `id`'s grouped transaction, newest first (QEMU's
+    /// list order), or just `id`.
+    fn group_of(&self, id: &str) -> Vec<String> {
+        match self.job(id).and_then(|j| j.txn) {
+            Some(t) => self
+                .jobs
+                .iter()
+                .rev()
+                .filter(|j| j.txn == Some(t))
+                .map(|j| j.id.clone())
+                .collect(),
+            None => vec![id.to_owned()],
+        }
     }
 
     /// `job_create`: checks the id, adds the job, reports `created`.
@@ -394,27 +459,20 @@ impl Machine {
             let Some(job) = self.job_mut(&id) else {
                 continue;
             };
+            if job.cancel_requested && job.txn.is_some() {
+                // A grouped transaction's jobs are cancelled together.
+                for member in self.group_of(&id) {
+                    if let Some(m) = self.job_mut(&member) {
+                        if m.status < JobStatus::Aborting {
+                            m.cancel_requested = true;
+                            self.cancel_one(&member, after_reply);
+                        }
+                    }
+                }
+                continue;
+            }
             if job.cancel_requested {
-                // Cancelled: aborting, BLOCK_JOB_CANCELLED, concluded, null.
-                let cancelled = ModelEvent::BlockJobCancelled {
-                    device: id.clone(),
-                    len: job.len,
-                    offset: job.offset,
-                    speed: job.speed,
-                    kind: job.kind.name(),
-                };
-                let dismiss = job.auto_dismiss;
-                let block = job.kind.is_block_job();
-                // job->ret = -ECANCELED: query-jobs shows its text.
-                job.error = Some("Operation canceled".to_owned());
-                let _ = self.set_status(&id, JobStatus::Aborting, after_reply);
-                if block {
-                    self.emit_at(cancelled, after_reply);
-                }
-                let _ = self.set_status(&id, JobStatus::Concluded, after_reply);
-                if dismiss {
-                    let _ = self.set_status(&id, JobStatus::Null, after_reply);
-                }
+                self.cancel_one(&id, after_reply);
                 continue;
             }
             if let Some(err) = job.fails_with.take() {
@@ -472,6 +530,11 @@ impl Machine {
                 continue;
             }
             let _ = self.set_status(&id, JobStatus::Waiting, after_reply);
+            let group = self.group_of(&id);
+            if group.len() > 1 {
+                self.complete_group(&group, after_reply);
+                continue;
+            }
             let _ = self.set_status(&id, JobStatus::Pending, after_reply);
             let auto = self.job(&id).is_some_and(|j| j.auto_finalize);
             if auto {
@@ -486,9 +549,75 @@ impl Machine {
         }
     }
 
+    /// Cancels one job: aborting, BLOCK_JOB_CANCELLED, concluded, null.
+    fn cancel_one(&mut self, id: &str, after_reply: bool) {
+        let Some(job) = self.job_mut(id) else {
+            return;
+        };
+        let cancelled = ModelEvent::BlockJobCancelled {
+            device: id.to_owned(),
+            len: job.len,
+            offset: job.offset,
+            speed: job.speed,
+            kind: job.kind.name(),
+        };
+        let dismiss = job.auto_dismiss;
+        let block = job.kind.is_block_job();
+        // job->ret = -ECANCELED: query-jobs shows its text.
+        job.error = Some("Operation canceled".to_owned());
+        let _ = self.set_status(id, JobStatus::Aborting, after_reply);
+        if block {
+            self.emit_at(cancelled, after_reply);
+        }
+        let _ = self.set_status(id, JobStatus::Concluded, after_reply);
+        if dismiss {
+            let _ = self.set_status(id, JobStatus::Null, after_reply);
+        }
+    }
+
+    /// A grouped transaction's jobs wait for each other; once all are
+    /// `waiting` they go `pending` together (newest first), then finalize
+    /// together if all auto-finalize, else each reports BLOCK_JOB_PENDING.
+    fn complete_group(&mut self, group: &[String], after_reply: bool) {
+        let all_waiting = group
+            .iter()
+            .all(|m| self.job(m).is_some_and(|j| j.status == JobStatus::Waiting));
+        if !all_waiting {
+            return;
+        }
+        let auto = group
+            .iter()
+            .all(|m| self.job(m).is_some_and(|j| j.auto_finalize));
+        for m in group {
+            let _ = self.set_status(m, JobStatus::Pending, after_reply);
+            if !auto {
+                if let Some(j) = self.job(m).filter(|j| j.kind.is_block_job()) {
+                    let event = ModelEvent::BlockJobPending {
+                        kind: j.kind.name(),
+                        id: m.clone(),
+                    };
+                    self.emit_at(event, after_reply);
+                }
+            }
+        }
+        if auto {
+            for m in group {
+                let _ = self.finalize_one(m, after_reply);
+            }
+        }
+    }
+
     /// Finalizes a pending job: applies its graph change, reports
     /// `BLOCK_JOB_COMPLETED`, concludes, and goes away if auto-dismiss.
+    /// In a grouped transaction every member finalizes (newest first).
     pub fn finalize_job(&mut self, id: &str, after_reply: bool) -> Result<(), JobError> {
+        for m in self.group_of(id) {
+            self.finalize_one(&m, after_reply)?;
+        }
+        Ok(())
+    }
+
+    fn finalize_one(&mut self, id: &str, after_reply: bool) -> Result<(), JobError> {
         let Some(job) = self.job(id).cloned() else {
             return Ok(());
         };
