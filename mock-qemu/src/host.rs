@@ -65,6 +65,11 @@ pub trait HostIo: Debug + Send {
         filename: &str,
         backing: Option<(&str, &str)>,
     ) -> Result<(), ImageError>;
+    /// Where a qcow2 image holds data: (bytes, first guest offset). Without
+    /// a real disk: none.
+    fn qcow2_allocation(&mut self, _filename: &str) -> Result<(u64, Option<u64>), ImageError> {
+        Ok((0, None))
+    }
     /// Marks every cluster of a qcow2 image as reading zero (what a full
     /// backup of unallocated data writes). Without a real disk: nothing.
     fn qcow2_mark_zero(&mut self, _filename: &str) -> Result<(), ImageError> {
@@ -215,6 +220,9 @@ impl HostIo for RealHostIo {
     }
     fn qcow2_mark_zero(&mut self, filename: &str) -> Result<(), ImageError> {
         image::qcow2_mark_zero(&self.path(filename)).map_err(|e| as_given(e, filename))
+    }
+    fn qcow2_allocation(&mut self, filename: &str) -> Result<(u64, Option<u64>), ImageError> {
+        image::qcow2_allocation(&self.path(filename)).map_err(|e| as_given(e, filename))
     }
     fn nbd_start(&mut self, addr: &NbdListen, max: u32) -> Result<(), String> {
         let (a, shown) = match addr {

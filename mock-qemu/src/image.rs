@@ -148,6 +148,58 @@ pub fn create_qcow2(
     f.write_all(&img).map_err(err)
 }
 
+/// Where a qcow2 image holds data of its own: (bytes in allocated data
+/// clusters, guest offset of the first one). Zero-flagged and unallocated
+/// clusters read without touching data (what a job copying the image skips
+/// reading).
+pub fn qcow2_allocation(filename: &str) -> Result<(u64, Option<u64>), ImageError> {
+    use std::io::{Seek, SeekFrom};
+    let err = |e: std::io::Error| ImageError::Open {
+        path: filename.to_owned(),
+        reason: strerror(&e),
+    };
+    let mut f = std::fs::File::open(filename).map_err(err)?;
+    let mut head = Vec::new();
+    Read::by_ref(&mut f)
+        .take(HEADER_READ as u64)
+        .read_to_end(&mut head)
+        .map_err(err)?;
+    if head.len() < 112 {
+        return Ok((0, None));
+    }
+    let facts = parse_qcow2(&head, Path::new(filename))?;
+    let be64 = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
+    let cluster = facts.cluster_size;
+    let l1_size = u64::from(be32(&head, 36)).min(1 << 24);
+    let l1_offset = be64(&head, 40);
+    let mut l1 = vec![0u8; usize::try_from(l1_size * 8).unwrap_or(0)];
+    f.seek(SeekFrom::Start(l1_offset)).map_err(err)?;
+    f.read_exact(&mut l1).map_err(err)?;
+    let per_l2 = cluster / 8;
+    let mut l2 = vec![0u8; usize::try_from(cluster).unwrap_or(0)];
+    let (mut bytes, mut first) = (0u64, None);
+    for i in 0..l1_size {
+        let l2_at = be64(&l1, usize::try_from(i * 8).unwrap_or(0)) & 0x00ff_ffff_ffff_fe00;
+        if l2_at == 0 {
+            continue;
+        }
+        f.seek(SeekFrom::Start(l2_at)).map_err(err)?;
+        f.read_exact(&mut l2).map_err(err)?;
+        for e in 0..per_l2 {
+            let entry = be64(&l2, usize::try_from(e * 8).unwrap_or(0));
+            // Bit 0: reads as zero; bits 9-55: the host cluster.
+            if entry & 1 == 0 && entry & 0x00ff_ffff_ffff_fe00 != 0 {
+                let guest = (i * per_l2 + e) * cluster;
+                if guest < facts.size {
+                    bytes += cluster.min(facts.size - guest);
+                    first.get_or_insert(guest);
+                }
+            }
+        }
+    }
+    Ok((bytes, first))
+}
+
 /// Opens an image to change it, with its first bytes (header and
 /// extensions) read.
 fn open_for_rewrite(filename: &str) -> Result<(std::fs::File, Vec<u8>), ImageError> {

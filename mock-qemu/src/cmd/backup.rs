@@ -137,8 +137,17 @@ impl Backup {
             "full" | "none" => src_size,
             _ => 0,
         };
+        let read_fault = super::jobs::source_read_fault(ctx, src, len);
+        let enospc = read_fault
+            .as_ref()
+            .is_some_and(|f| f.error == "No space left on device");
         let job = Job {
             base: Some(dst),
+            read_fault,
+            on_source_error: crate::model::jobs::ErrorAction::parse(
+                a.get_str("on-source-error"),
+                enospc,
+            ),
             until_cancelled: sync == "none",
             owned_target: self.drive.then_some(dst),
             user_bitmap: user_bitmap.as_ref().map(|(n, b, _)| (*n, b.clone())),

@@ -105,6 +105,66 @@ pub(super) fn source_and_target(
     Ok((find("device")?, find("target")?))
 }
 
+/// The read error a job copying `src` meets, if a `blkdebug` node on the
+/// source's read path has a `read_aio` rule and the image holds data to
+/// read (zero and unallocated clusters are not read). Its progress then:
+/// up to 5.2 the job stops at the first data cluster; later block-copy
+/// finishes every other chunk first (recorded in jobs/io-errors).
+pub(super) fn source_read_fault(
+    ctx: &mut Context<'_>,
+    src: crate::model::graph::NodeId,
+    len: u64,
+) -> Option<crate::model::jobs::ReadFault> {
+    let graph = ctx.machine.graph();
+    let mut rule = None;
+    let mut image = None;
+    let mut cur = Some(src);
+    while let Some(id) = cur {
+        let n = graph.node(id)?;
+        if n.driver == "blkdebug" {
+            let o = &n.strong_options;
+            for i in 0.. {
+                let key = |k: &str| format!("inject-error.{i}.{k}");
+                let Some(event) = o.get_str(&key("event")) else {
+                    break;
+                };
+                if event == "read_aio" && rule.is_none() {
+                    let errno = match o.get(&key("errno")) {
+                        Some(QObject::Num(n)) => n.as_u64().unwrap_or(5),
+                        _ => 5,
+                    };
+                    let once = matches!(o.get(&key("once")), Some(QObject::Bool(true)));
+                    rule = Some((errno, once));
+                }
+            }
+        }
+        if let Some(f) = &n.file {
+            image = Some(f.filename.clone());
+            break;
+        }
+        cur = n
+            .children
+            .iter()
+            .find(|(r, _)| r == "file" || r == "image")
+            .map(|(_, c)| *c);
+    }
+    let (errno, once) = rule?;
+    let (bytes, first) = ctx.host.qcow2_allocation(&image?).ok()?;
+    if bytes == 0 || len == 0 {
+        return None;
+    }
+    let errno = i32::try_from(errno).unwrap_or(5);
+    Some(crate::model::jobs::ReadFault {
+        error: crate::image::strerror(&std::io::Error::from_raw_os_error(errno)),
+        at: if ctx.profile.version() < crate::profile::Version::V7_2 {
+            first.unwrap_or(0)
+        } else {
+            len.saturating_sub(bytes)
+        },
+        once,
+    })
+}
+
 /// A node named by argument `key` (a node name or a device name).
 pub(super) fn lookup(
     ctx: &Context<'_>,
@@ -235,6 +295,7 @@ impl JobVerb {
                 };
                 if let Some(j) = ctx.machine.job_entry(&job.id) {
                     j.user_paused = false;
+                    j.io_status = "ok";
                 }
                 if back != job.status {
                     ctx.machine.set_status(&job.id, back, false).map_err(err)?;
@@ -357,7 +418,7 @@ impl QueryJobs {
                     d.put("busy", false);
                     d.put("paused", j.user_paused);
                     d.put("speed", j.speed);
-                    d.put("io-status", "ok");
+                    d.put("io-status", j.io_status);
                     d.put(
                         "ready",
                         matches!(j.status, JobStatus::Ready | JobStatus::Standby),

@@ -244,6 +244,17 @@ pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
                 device, *len, *offset, *speed, kind,
             ))),
         ),
+        ModelEvent::BlockJobError {
+            device,
+            operation,
+            action,
+        } => {
+            let mut d = QDict::new();
+            d.put("device", device.clone());
+            d.put("operation", *operation);
+            d.put("action", *action);
+            ("BLOCK_JOB_ERROR", Some(QObject::Dict(d)))
+        }
         ModelEvent::BlockJobPending { kind, id } => {
             let mut d = QDict::new();
             d.put("type", *kind);

@@ -239,6 +239,56 @@ pub struct Job {
     pub no_pivot: bool,
     /// The `completion-mode: grouped` transaction it belongs to.
     pub txn: Option<u64>,
+    /// Reading the source fails (a blkdebug rule on data the job reads).
+    pub read_fault: Option<ReadFault>,
+    /// `on-source-error` (`on-error` for stream and commit).
+    pub on_source_error: ErrorAction,
+    /// `io-status` in query-block-jobs: `ok`, `failed`, `nospace`.
+    pub io_status: &'static str,
+}
+
+/// A read error a job will meet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadFault {
+    /// The error text (`strerror`).
+    pub error: String,
+    /// Progress (`offset`) when the job meets it.
+    pub at: u64,
+    /// The rule fires once (blkdebug `once`).
+    pub once: bool,
+}
+
+/// `BlockdevOnError`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorAction {
+    /// Fail the job.
+    #[default]
+    Report,
+    /// Carry on.
+    Ignore,
+    /// Pause the job (as a user pause) until resumed.
+    Stop,
+}
+
+impl ErrorAction {
+    /// From the QMP value (`enospc` stops only on ENOSPC; with EIO it reports).
+    pub fn parse(v: Option<&str>, enospc: bool) -> ErrorAction {
+        match v {
+            Some("ignore") => ErrorAction::Ignore,
+            Some("stop") => ErrorAction::Stop,
+            Some("enospc") if enospc => ErrorAction::Stop,
+            _ => ErrorAction::Report,
+        }
+    }
+
+    /// The `action` of BLOCK_JOB_ERROR.
+    pub fn event_name(self) -> &'static str {
+        match self {
+            ErrorAction::Report => "report",
+            ErrorAction::Ignore => "ignore",
+            ErrorAction::Stop => "stop",
+        }
+    }
 }
 
 impl Job {
@@ -269,6 +319,9 @@ impl Job {
             until_cancelled: false,
             no_pivot: false,
             txn: None,
+            read_fault: None,
+            on_source_error: ErrorAction::Report,
+            io_status: "ok",
         }
     }
 }

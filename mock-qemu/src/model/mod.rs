@@ -89,6 +89,15 @@ pub enum ModelEvent {
         /// `type`.
         kind: &'static str,
     },
+    /// `BLOCK_JOB_ERROR`.
+    BlockJobError {
+        /// The job id.
+        device: String,
+        /// `read` or `write`.
+        operation: &'static str,
+        /// `report`, `ignore` or `stop`.
+        action: &'static str,
+    },
     /// `BLOCK_JOB_PENDING`.
     BlockJobPending {
         /// `type`.
@@ -475,6 +484,10 @@ impl Machine {
                 self.cancel_one(&id, after_reply);
                 continue;
             }
+            if let Some(fault) = job.read_fault.clone() {
+                self.hit_read_fault(&id, &fault, after_reply);
+                continue;
+            }
             if let Some(err) = job.fails_with.take() {
                 // Failed before doing any work: aborting, COMPLETED with the
                 // error, concluded, null (if auto-dismiss).
@@ -549,8 +562,67 @@ impl Machine {
         }
     }
 
-    /// Cancels one job: aborting, BLOCK_JOB_CANCELLED, concluded, null.
+    /// A job reads data its source cannot give (a blkdebug rule): it
+    /// reports BLOCK_JOB_ERROR and acts as its `on-source-error` says.
+    fn hit_read_fault(&mut self, id: &str, fault: &jobs::ReadFault, after_reply: bool) {
+        let Some(job) = self.job_mut(id) else {
+            return;
+        };
+        job.offset = fault.at;
+        if fault.once {
+            job.read_fault = None;
+        }
+        let action = job.on_source_error;
+        let event = ModelEvent::BlockJobError {
+            device: id.to_owned(),
+            operation: "read",
+            action: action.event_name(),
+        };
+        match action {
+            jobs::ErrorAction::Stop => {
+                job.user_paused = true;
+                job.io_status = "failed";
+                self.emit_at(event, after_reply);
+                let _ = self.set_status(id, JobStatus::Paused, after_reply);
+            }
+            jobs::ErrorAction::Ignore => {
+                // QEMU retries the failed chunk without end (and without
+                // end of BLOCK_JOB_ERROR events): the job never finishes.
+                job.until_cancelled = true;
+                job.read_fault = None;
+                self.emit_at(event, after_reply);
+            }
+            jobs::ErrorAction::Report => {
+                job.error = Some(fault.error.clone());
+                let (len, offset, speed, kind) = (job.len, job.offset, job.speed, job.kind.name());
+                let dismiss = job.auto_dismiss;
+                self.emit_at(event, after_reply);
+                let _ = self.set_status(id, JobStatus::Aborting, after_reply);
+                self.emit_at(
+                    ModelEvent::BlockJobCompleted {
+                        device: id.to_owned(),
+                        len,
+                        offset,
+                        speed,
+                        kind,
+                        error: Some(fault.error.clone()),
+                    },
+                    after_reply,
+                );
+                let _ = self.set_status(id, JobStatus::Concluded, after_reply);
+                if dismiss {
+                    let _ = self.set_status(id, JobStatus::Null, after_reply);
+                }
+            }
+        }
+    }
+
+    /// Cancels one job: aborting, BLOCK_JOB_CANCELLED, concluded, null. A
+    /// paused job is resumed first (it reports `running`).
     fn cancel_one(&mut self, id: &str, after_reply: bool) {
+        if self.job(id).is_some_and(|j| j.status == JobStatus::Paused) {
+            let _ = self.set_status(id, JobStatus::Running, after_reply);
+        }
         let Some(job) = self.job_mut(id) else {
             return;
         };
