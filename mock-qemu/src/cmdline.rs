@@ -60,6 +60,8 @@ pub struct Config {
     /// Strict mode (`--mock-strict`, `MOCK_QEMU_STRICT=1`): refuse uses of
     /// images a commit invalidated (a simulator extension; QEMU accepts them).
     pub strict: bool,
+    /// `--mock-fault NODE:read|write[:EIO|ENOSPC[:OFFSET]]`, in order.
+    pub faults: Vec<String>,
     /// `--version` / `-version` was asked for.
     pub print_version: bool,
     /// `--help` / `-h`.
@@ -381,6 +383,10 @@ pub fn parse(
                 cfg.stepped_jobs = parse_job_mode(&v)?;
             }
             "mock-strict" => cfg.strict = true,
+            "mock-fault" => {
+                let v = value(name)?;
+                cfg.faults.push(v);
+            }
             "mock-max-clients" => {
                 let v = value(name)?;
                 cfg.max_clients = v.parse().map_err(|_| {

@@ -110,13 +110,19 @@ impl Core {
     /// negotiation: `x-mock-clock-advance {"microseconds": N}` moves the
     /// virtual clock, and stepped-mode jobs with it.
     fn mock_command(&mut self, command: &str, dict: &QDict) -> Option<Result<QObject, QmpError>> {
-        if command != "x-mock-clock-advance" {
-            return None;
-        }
         let args = match dict.get("arguments") {
             Some(QObject::Dict(a)) => a.clone(),
             _ => QDict::new(),
         };
+        if command == "x-mock-inject-fault" {
+            return Some(
+                self.inject_fault(&args)
+                    .map(|()| QObject::Dict(QDict::new())),
+            );
+        }
+        if command != "x-mock-clock-advance" {
+            return None;
+        }
         let micros =
             match args.get("microseconds") {
                 Some(QObject::Num(crate::qmp::qobject::QNum::I64(n))) if *n >= 0 => *n as u64,
@@ -127,6 +133,43 @@ impl Core {
             };
         self.machine.advance(micros);
         Some(Ok(QObject::Dict(QDict::new())))
+    }
+
+    /// `x-mock-inject-fault {"node-name": N, "operation": "read"|"write",
+    /// "errno": "EIO"|"ENOSPC", "offset": BYTES, "once": BOOL}` (mock-only;
+    /// also `--mock-fault`): jobs started afterwards that read (or write)
+    /// node N meet the error once their progress reaches `offset`.
+    pub fn inject_fault(&mut self, args: &QDict) -> Result<(), QmpError> {
+        let bad = |what: &str| QmpError::generic(format!("mock-qemu: x-mock-inject-fault: {what}"));
+        let node = args
+            .get_str("node-name")
+            .ok_or_else(|| bad("'node-name' (a string) is required"))?;
+        let operation = match args.get_str("operation").unwrap_or("read") {
+            "read" => "read",
+            "write" => "write",
+            _ => return Err(bad("'operation' is read or write")),
+        };
+        let errno = match args.get_str("errno").unwrap_or("EIO") {
+            "EIO" => libc::EIO,
+            "ENOSPC" => libc::ENOSPC,
+            _ => return Err(bad("'errno' is EIO or ENOSPC")),
+        };
+        let at = match args.get("offset") {
+            None => 0,
+            Some(QObject::Num(n)) => n
+                .as_u64()
+                .ok_or_else(|| bad("'offset' is a non-negative integer"))?,
+            Some(_) => return Err(bad("'offset' is a non-negative integer")),
+        };
+        let once = matches!(args.get("once"), Some(QObject::Bool(true)));
+        self.machine.inject_fault(crate::model::InjectedFault {
+            node: node.to_owned(),
+            operation,
+            error: crate::image::strerror(&std::io::Error::from_raw_os_error(errno)),
+            at,
+            once,
+        });
+        Ok(())
     }
 
     /// Plugs in the host side (real NBD sockets); the default opens nothing.

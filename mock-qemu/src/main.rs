@@ -179,6 +179,21 @@ fn run(prog: &str, cfg: Config) -> Result<()> {
         },
     );
     core.set_host_io(Box::new(mock_qemu::host::RealHostIo::default()));
+    for spec in &cfg.faults {
+        let mut parts = spec.split(':');
+        let mut a = mock_qemu::qmp::qobject::QDict::new();
+        a.put("node-name", parts.next().unwrap_or_default());
+        a.put("operation", parts.next().unwrap_or("read"));
+        a.put("errno", parts.next().unwrap_or("EIO"));
+        if let Some(o) = parts.next() {
+            let at: u64 = o
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--mock-fault {spec}: '{o}' is not a byte offset"))?;
+            a.put("offset", at);
+        }
+        core.inject_fault(&a)
+            .map_err(|e| anyhow::anyhow!("--mock-fault {spec}: {}", e.desc))?;
+    }
     let dash = if cfg.flavor == Flavor::Qsd { "--" } else { "-" };
     type ArgParser = fn(&str) -> Result<mock_qemu::qmp::qobject::QDict>;
     let startup: [(&str, &[String], ArgParser, &str); 2] = [

@@ -166,3 +166,70 @@ fn instant_mode_needs_no_clock() {
         s.cmd(json!({"execute": "x-mock-clock-advance", "arguments": {"microseconds": -1}}));
     assert_eq!(r["error"]["class"], "GenericError");
 }
+
+/// Mock-only fault injection: a write error at 256 MiB on the target of a
+/// mirror stops it there with `on-target-error: enospc` and ENOSPC
+/// (io-status nospace, BLOCK_JOB_ERROR); a resume goes on (the fault fired
+/// once); with report the job fails with QEMU's text.
+#[test]
+fn an_injected_fault_stops_a_job_where_its_progress_meets_it() {
+    let mut s = Session::new(Some(1 << 30));
+    for n in ["src", "dst", "dst2"] {
+        s.cmd(json!({"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": n, "size": 1u64 << 30}}));
+    }
+    let (_, r) = s.cmd(json!({"execute": "x-mock-inject-fault", "arguments": {"node-name": "dst", "operation": "write", "errno": "ENOSPC", "offset": 256 * MIB, "once": true}}));
+    assert_eq!(r, json!({"return": {}}));
+    s.cmd(json!({"execute": "blockdev-mirror", "arguments": {"job-id": "m", "device": "src", "target": "dst", "sync": "full", "on-target-error": "enospc"}}));
+    // 0.2 s at 1 GiB/s: 204.8 MiB, not there yet.
+    assert!(s.advance(200_000).is_empty());
+    let (ev, _) =
+        s.cmd(json!({"execute": "x-mock-clock-advance", "arguments": {"microseconds": 100_000}}));
+    assert_eq!(ev[0]["event"], "BLOCK_JOB_ERROR");
+    assert_eq!(
+        ev[0]["data"],
+        json!({"device": "m", "operation": "write", "action": "stop"})
+    );
+    assert_eq!(Session::statuses(&ev[1..]), ["paused"]);
+    let (_, r) = s.cmd(json!({"execute": "query-block-jobs"}));
+    assert_eq!(r["return"][0]["io-status"], "nospace");
+    assert_eq!(r["return"][0]["offset"], 256 * MIB);
+    assert_eq!(r["return"][0]["paused"], true);
+    s.cmd(json!({"execute": "block-job-resume", "arguments": {"device": "m"}}));
+    assert_eq!(s.advance(1_000_000), ["ready", "BLOCK_JOB_READY"]);
+
+    let (_, r) = s.cmd(json!({"execute": "x-mock-inject-fault", "arguments": {"node-name": "src", "operation": "read"}}));
+    assert_eq!(r, json!({"return": {}}));
+    // At offset 0 the error comes right after the command's reply.
+    let (ev, _) = s.cmd(json!({"execute": "blockdev-backup", "arguments": {"job-id": "b", "device": "src", "target": "dst2", "sync": "full"}}));
+    let names = Session::statuses(&ev);
+    let at = names.iter().position(|e| e == "BLOCK_JOB_ERROR").unwrap();
+    assert_eq!(
+        names[at..],
+        [
+            "BLOCK_JOB_ERROR",
+            "aborting",
+            "BLOCK_JOB_COMPLETED",
+            "concluded",
+            "null"
+        ]
+    );
+    let completed = ev
+        .iter()
+        .find(|e| e["event"] == "BLOCK_JOB_COMPLETED")
+        .unwrap();
+    assert_eq!(completed["data"]["error"], "Input/output error");
+    let (_, r) = s.cmd(json!({"execute": "query-jobs"}));
+    assert!(
+        r["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["id"] != "b"),
+        "the failed backup is gone (auto-dismiss): {r}"
+    );
+    let (_, r) = s.cmd(json!({"execute": "x-mock-inject-fault", "arguments": {"node-name": "src", "operation": "sideways"}}));
+    assert_eq!(
+        r["error"]["desc"],
+        "mock-qemu: x-mock-inject-fault: 'operation' is read or write"
+    );
+}

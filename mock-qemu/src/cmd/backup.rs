@@ -137,15 +137,19 @@ impl Backup {
             "full" | "none" => src_size,
             _ => 0,
         };
-        let read_fault = super::jobs::source_read_fault(ctx, src, len);
-        let enospc = read_fault
+        let fault = super::jobs::job_fault(ctx, src, Some(dst), len);
+        let enospc = fault
             .as_ref()
             .is_some_and(|f| f.error == "No space left on device");
         let job = Job {
             base: Some(dst),
-            read_fault,
+            fault,
             on_source_error: crate::model::jobs::ErrorAction::parse(
                 a.get_str("on-source-error"),
+                enospc,
+            ),
+            on_target_error: crate::model::jobs::ErrorAction::parse(
+                a.get_str("on-target-error"),
                 enospc,
             ),
             until_cancelled: sync == "none",

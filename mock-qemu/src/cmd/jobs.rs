@@ -110,11 +110,11 @@ pub(super) fn source_and_target(
 /// read (zero and unallocated clusters are not read). Its progress then:
 /// up to 5.2 the job stops at the first data cluster; later block-copy
 /// finishes every other chunk first (recorded in jobs/io-errors).
-pub(super) fn source_read_fault(
+pub(super) fn source_fault(
     ctx: &mut Context<'_>,
     src: crate::model::graph::NodeId,
     len: u64,
-) -> Option<crate::model::jobs::ReadFault> {
+) -> Option<crate::model::jobs::Fault> {
     let graph = ctx.machine.graph();
     let mut rule = None;
     let mut image = None;
@@ -154,7 +154,8 @@ pub(super) fn source_read_fault(
         return None;
     }
     let errno = i32::try_from(errno).unwrap_or(5);
-    Some(crate::model::jobs::ReadFault {
+    Some(crate::model::jobs::Fault {
+        operation: "read",
         error: crate::image::strerror(&std::io::Error::from_raw_os_error(errno)),
         at: if ctx.profile.version() < crate::profile::Version::V7_2 {
             first.unwrap_or(0)
@@ -163,6 +164,52 @@ pub(super) fn source_read_fault(
         },
         once,
     })
+}
+
+/// The nodes a job reads through from `id` (itself, then its `file` /
+/// `image` children down to the protocol node).
+fn read_path(graph: &crate::model::graph::Graph, id: crate::model::graph::NodeId) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = Some(id);
+    while let Some(n) = cur.and_then(|c| graph.node(c)) {
+        out.push(n.name.clone());
+        cur = n
+            .children
+            .iter()
+            .find(|(r, _)| r == "file" || r == "image")
+            .map(|(_, c)| *c);
+    }
+    out
+}
+
+/// The fault a copying job from `src` to `dst` meets: a blkdebug read
+/// rule on data it reads, else a fault injected with `x-mock-inject-fault`
+/// on a node it reads (the source's path) or writes (the target's).
+pub(super) fn job_fault(
+    ctx: &mut Context<'_>,
+    src: crate::model::graph::NodeId,
+    dst: Option<crate::model::graph::NodeId>,
+    len: u64,
+) -> Option<crate::model::jobs::Fault> {
+    if let Some(f) = source_fault(ctx, src, len) {
+        return Some(f);
+    }
+    let graph = ctx.machine.graph();
+    let reads = read_path(graph, src);
+    let writes = dst.map(|d| read_path(graph, d)).unwrap_or_default();
+    ctx.machine
+        .injected_faults()
+        .iter()
+        .find(|f| match f.operation {
+            "write" => writes.contains(&f.node),
+            _ => reads.contains(&f.node),
+        })
+        .map(|f| crate::model::jobs::Fault {
+            operation: f.operation,
+            error: f.error.clone(),
+            at: f.at.min(len),
+            once: f.once,
+        })
 }
 
 /// A node named by argument `key` (a node name or a device name).

@@ -109,12 +109,21 @@ impl Mirror {
                 .map_or(1 << 16, |q| q.cluster_size)
                 .clamp(4096, 1 << 16)
         };
+        let len = if zeroed { 0 } else { src_size };
+        let fault = super::jobs::job_fault(ctx, src, Some(dst), len);
+        let enospc = fault
+            .as_ref()
+            .is_some_and(|f| f.error == "No space left on device");
+        let parse = |k: &str| crate::model::jobs::ErrorAction::parse(a.get_str(k), enospc);
         let job = Job {
             base: Some(dst),
+            fault,
+            on_source_error: parse("on-source-error"),
+            on_target_error: parse("on-target-error"),
             waits_for_complete: true,
             owned_target: self.drive.then_some(dst),
             fails_with: (src_size != dst_size).then(|| desc::mirror_size_mismatch(v)),
-            ..Job::new("", JobKind::Mirror, src, if zeroed { 0 } else { src_size })
+            ..Job::new("", JobKind::Mirror, src, len)
         };
         let id = a.get_str("job-id").unwrap_or("").to_owned();
         let reply = super::jobs::start(ctx, a, job)?;

@@ -240,16 +240,21 @@ pub struct Job {
     /// The `completion-mode: grouped` transaction it belongs to.
     pub txn: Option<u64>,
     /// Reading the source fails (a blkdebug rule on data the job reads).
-    pub read_fault: Option<ReadFault>,
+    pub fault: Option<Fault>,
     /// `on-source-error` (`on-error` for stream and commit).
     pub on_source_error: ErrorAction,
+    /// `on-target-error`.
+    pub on_target_error: ErrorAction,
     /// `io-status` in query-block-jobs: `ok`, `failed`, `nospace`.
     pub io_status: &'static str,
 }
 
-/// A read error a job will meet.
+/// An I/O error a job will meet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadFault {
+pub struct Fault {
+    /// `read` (the source; `on-source-error` applies) or `write` (the
+    /// target; `on-target-error`).
+    pub operation: &'static str,
     /// The error text (`strerror`).
     pub error: String,
     /// Progress (`offset`) when the job meets it.
@@ -319,8 +324,9 @@ impl Job {
             until_cancelled: false,
             no_pivot: false,
             txn: None,
-            read_fault: None,
+            fault: None,
             on_source_error: ErrorAction::Report,
+            on_target_error: ErrorAction::Report,
             io_status: "ok",
         }
     }

@@ -112,6 +112,21 @@ pub enum ModelEvent {
     },
 }
 
+/// A fault injected by the mock-only `x-mock-inject-fault` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectedFault {
+    /// The node whose reads or writes fail.
+    pub node: String,
+    /// `read` or `write`.
+    pub operation: &'static str,
+    /// The error text (`strerror` of EIO or ENOSPC).
+    pub error: String,
+    /// Progress (bytes) at which a job meets it.
+    pub at: u64,
+    /// Fires once, then the node works again.
+    pub once: bool,
+}
+
 /// A change to a file the model asks the host layer to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -163,6 +178,8 @@ pub struct Machine {
     objects: objects::Objects,
     /// Strict mode is on.
     strict: bool,
+    /// Faults injected with `x-mock-inject-fault` / `--mock-fault`.
+    injected: Vec<InjectedFault>,
     /// Inside a `transaction`: jobs created but not started yet.
     deferred: Option<Vec<String>>,
     /// Next `completion-mode: grouped` transaction id.
@@ -191,6 +208,7 @@ impl Machine {
             exports: exports::Exports::default(),
             objects: objects::Objects::default(),
             strict: false,
+            injected: Vec::new(),
             deferred: None,
             next_txn: 0,
             invalidated: std::collections::BTreeMap::new(),
@@ -208,6 +226,17 @@ impl Machine {
     /// The virtual clock.
     pub fn clock(&self) -> &VirtualClock {
         &self.clock
+    }
+
+    /// `x-mock-inject-fault`: jobs started from now on that read `node`
+    /// (`operation` read) or write it (write) meet `errno` at progress `at`.
+    pub fn inject_fault(&mut self, fault: InjectedFault) {
+        self.injected.push(fault);
+    }
+
+    /// The faults injected with `x-mock-inject-fault`.
+    pub fn injected_faults(&self) -> &[InjectedFault] {
+        &self.injected
     }
 
     /// Turns strict mode on or off.
@@ -277,7 +306,9 @@ impl Machine {
         {
             let rate = if job.speed > 0 { job.speed } else { throughput };
             let done = u128::from(rate) * u128::from(micros) / 1_000_000;
-            job.offset = job.len.min(
+            // A job stops where its fault is.
+            let end = job.fault.as_ref().map_or(job.len, |f| f.at.min(job.len));
+            job.offset = end.min(
                 job.offset
                     .saturating_add(u64::try_from(done).unwrap_or(u64::MAX)),
             );
@@ -459,7 +490,10 @@ impl Machine {
                 j.cancel_requested
                     || (j.status == JobStatus::Running
                         && !j.until_cancelled
-                        && (instant || j.offset >= j.len || j.fails_with.is_some()))
+                        && (instant
+                            || j.offset >= j.len
+                            || j.fails_with.is_some()
+                            || j.fault.as_ref().is_some_and(|f| j.offset >= f.at)))
                     || (j.status == JobStatus::Ready && j.complete_requested)
             })
             .map(|j| j.id.clone())
@@ -484,8 +518,8 @@ impl Machine {
                 self.cancel_one(&id, after_reply);
                 continue;
             }
-            if let Some(fault) = job.read_fault.clone() {
-                self.hit_read_fault(&id, &fault, after_reply);
+            if let Some(fault) = job.fault.clone() {
+                self.hit_fault(&id, &fault, after_reply);
                 continue;
             }
             if let Some(err) = job.fails_with.take() {
@@ -562,26 +596,35 @@ impl Machine {
         }
     }
 
-    /// A job reads data its source cannot give (a blkdebug rule): it
-    /// reports BLOCK_JOB_ERROR and acts as its `on-source-error` says.
-    fn hit_read_fault(&mut self, id: &str, fault: &jobs::ReadFault, after_reply: bool) {
+    /// A job meets an I/O error (a blkdebug rule, an injected fault): it
+    /// reports BLOCK_JOB_ERROR and acts as its `on-source-error` (reads) or
+    /// `on-target-error` (writes) says.
+    fn hit_fault(&mut self, id: &str, fault: &jobs::Fault, after_reply: bool) {
         let Some(job) = self.job_mut(id) else {
             return;
         };
         job.offset = fault.at;
         if fault.once {
-            job.read_fault = None;
+            job.fault = None;
         }
-        let action = job.on_source_error;
+        let action = if fault.operation == "write" {
+            job.on_target_error
+        } else {
+            job.on_source_error
+        };
         let event = ModelEvent::BlockJobError {
             device: id.to_owned(),
-            operation: "read",
+            operation: fault.operation,
             action: action.event_name(),
         };
         match action {
             jobs::ErrorAction::Stop => {
                 job.user_paused = true;
-                job.io_status = "failed";
+                job.io_status = if fault.error == "No space left on device" {
+                    "nospace"
+                } else {
+                    "failed"
+                };
                 self.emit_at(event, after_reply);
                 let _ = self.set_status(id, JobStatus::Paused, after_reply);
             }
@@ -589,7 +632,7 @@ impl Machine {
                 // QEMU retries the failed chunk without end (and without
                 // end of BLOCK_JOB_ERROR events): the job never finishes.
                 job.until_cancelled = true;
-                job.read_fault = None;
+                job.fault = None;
                 self.emit_at(event, after_reply);
             }
             jobs::ErrorAction::Report => {
