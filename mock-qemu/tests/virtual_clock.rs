@@ -82,7 +82,12 @@ fn a_speed_limited_job_advances_with_the_virtual_clock() {
         "nothing more until time passes"
     );
     assert_eq!(s.progress(), 0);
-    assert!(s.advance(5_000_000).is_empty());
+    // The rate limit works in slices of 100 ms (10 MiB each here).
+    assert!(s.advance(50_000).is_empty());
+    assert_eq!(s.progress(), 0, "half a slice moves nothing");
+    assert!(s.advance(50_000).is_empty());
+    assert_eq!(s.progress(), 10 * MIB, "one slice's quota");
+    assert!(s.advance(4_900_000).is_empty());
     assert_eq!(s.progress(), 500 * MIB, "5 s at 100 MiB/s");
     // Paused jobs do not progress.
     s.cmd(json!({"execute": "job-pause", "arguments": {"id": "j"}}));

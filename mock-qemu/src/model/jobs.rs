@@ -247,6 +247,8 @@ pub struct Job {
     pub on_target_error: ErrorAction,
     /// `io-status` in query-block-jobs: `ok`, `failed`, `nospace`.
     pub io_status: &'static str,
+    /// Virtual time run in the current rate-limit slice (speed-limited).
+    pub slice_us: u64,
 }
 
 /// An I/O error a job will meet.
@@ -328,6 +330,7 @@ impl Job {
             on_source_error: ErrorAction::Report,
             on_target_error: ErrorAction::Report,
             io_status: "ok",
+            slice_us: 0,
         }
     }
 }

@@ -112,6 +112,9 @@ pub enum ModelEvent {
     },
 }
 
+/// QEMU's rate-limit slice (`BLOCK_JOB_SLICE_TIME`), in microseconds.
+const SLICE_US: u64 = 100_000;
+
 /// A fault injected by the mock-only `x-mock-inject-fault` command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InjectedFault {
@@ -304,8 +307,15 @@ impl Machine {
             .iter_mut()
             .filter(|j| j.status == JobStatus::Running && !j.user_paused)
         {
-            let rate = if job.speed > 0 { job.speed } else { throughput };
-            let done = u128::from(rate) * u128::from(micros) / 1_000_000;
+            let done = if job.speed > 0 {
+                // QEMU's rate limit: `speed` per second in slices of
+                // 100 ms; the quota of a slice is spent when it ends.
+                let total = job.slice_us + micros;
+                job.slice_us = total % SLICE_US;
+                u128::from(total / SLICE_US) * u128::from(job.speed / 10)
+            } else {
+                u128::from(throughput) * u128::from(micros) / 1_000_000
+            };
             // A job stops where its fault is.
             let end = job.fault.as_ref().map_or(job.len, |f| f.at.min(job.len));
             job.offset = end.min(
