@@ -1049,9 +1049,17 @@ fn strict_mode_catches_an_overlay_on_an_image_a_commit_invalidated() {
                 break;
             }
         }
-        let (_, r) = c.cmd(json!({"execute": "blockdev-snapshot-sync", "arguments": {
+        let (ev, r) = c.cmd(json!({"execute": "blockdev-snapshot-sync", "arguments": {
             "node-name": "mid", "snapshot-file": s("over-mid.qcow2"),
             "snapshot-node-name": "over-mid", "format": "qcow2"}}));
+        let flagged = ev
+            .iter()
+            .any(|e| e["event"] == "X_MOCK_INVALIDATED_IMAGE_USE" && e["data"]["job"] == "c");
+        assert_eq!(
+            flagged, is_strict,
+            "{}: the mock-only event: {ev:?}",
+            p.label
+        );
         if is_strict {
             let desc = r["error"]["desc"].as_str().unwrap_or_default();
             assert!(

@@ -36,6 +36,7 @@ impl BlockCommit {
             ));
         };
         super::check_strict(ctx, dev, "block-commit")?;
+        let graph = ctx.machine.graph();
         let chain = {
             let mut c = vec![dev];
             let mut cur = dev;

@@ -148,17 +148,30 @@ fn dict(args: &serde_json::Value) -> QDict {
 /// completed commit invalidated (reference §3.11). The message is plainly
 /// the mock's own: QEMU keeps no such mark and accepts the command.
 pub(super) fn check_strict(
-    ctx: &Context<'_>,
+    ctx: &mut Context<'_>,
     id: crate::model::graph::NodeId,
     what: &str,
 ) -> Result<(), QmpError> {
-    match ctx.machine.invalidated_by(id) {
-        Some((file, job)) => Err(QmpError::generic(format!(
-            "mock-qemu strict mode: {what} uses '{file}', which block-commit job '{job}' \
-             invalidated (it no longer represents any point in time); QEMU would accept this"
-        ))),
-        None => Ok(()),
-    }
+    let Some((file, job)) = ctx
+        .machine
+        .invalidated_by(id)
+        .map(|(f, j)| (f.to_owned(), j.to_owned()))
+    else {
+        return Ok(());
+    };
+    let desc = format!(
+        "mock-qemu strict mode: {what} uses '{file}', which block-commit job '{job}' \
+         invalidated (it no longer represents any point in time); QEMU would accept this"
+    );
+    // Reported three ways: a log line, a mock-only event, the error.
+    eprintln!("{desc}");
+    ctx.machine
+        .emit_now(crate::model::ModelEvent::InvalidatedImageUse {
+            what: what.to_owned(),
+            image: file,
+            job,
+        });
+    Err(QmpError::generic(desc))
 }
 
 /// The mock-only error for a command the profile has but the model does not
@@ -254,6 +267,13 @@ pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
             d.put("operation", *operation);
             d.put("action", *action);
             ("BLOCK_JOB_ERROR", Some(QObject::Dict(d)))
+        }
+        ModelEvent::InvalidatedImageUse { what, image, job } => {
+            let mut d = QDict::new();
+            d.put("use", what.clone());
+            d.put("image", image.clone());
+            d.put("job", job.clone());
+            ("X_MOCK_INVALIDATED_IMAGE_USE", Some(QObject::Dict(d)))
         }
         ModelEvent::BlockJobPending { kind, id } => {
             let mut d = QDict::new();

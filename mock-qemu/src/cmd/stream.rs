@@ -30,6 +30,7 @@ impl BlockStream {
             .find(&device)
             .ok_or_else(|| desc::node_lookup(v, &device, &device))?;
         super::check_strict(ctx, top, "block-stream")?;
+        let graph = ctx.machine.graph();
         // A node a job works on is blocked for other jobs (op blocker).
         if let Some(j) = ctx
             .machine

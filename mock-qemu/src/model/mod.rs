@@ -98,6 +98,16 @@ pub enum ModelEvent {
         /// `report`, `ignore` or `stop`.
         action: &'static str,
     },
+    /// Mock-only (strict mode): a command used an image a commit
+    /// invalidated. Wire name `X_MOCK_INVALIDATED_IMAGE_USE`.
+    InvalidatedImageUse {
+        /// What used it (`a new overlay`, `an export`, …).
+        what: String,
+        /// The image file.
+        image: String,
+        /// The commit job that invalidated it.
+        job: String,
+    },
     /// `BLOCK_JOB_PENDING`.
     BlockJobPending {
         /// `type`.
