@@ -116,7 +116,13 @@ pub fn drop_drain_pairs(entries: Vec<Entry>) -> Vec<Entry> {
     let mut drop = vec![false; entries.len()];
     for (i, s) in statuses.iter().enumerate() {
         let Some((id, status)) = s else { continue };
-        if status != "paused" || drop[i] {
+        // A ready job's drain pair is standby → ready.
+        let back = match status.as_str() {
+            "paused" => "running",
+            "standby" => "ready",
+            _ => continue,
+        };
+        if drop[i] {
             continue;
         }
         let next = statuses
@@ -125,7 +131,7 @@ pub fn drop_drain_pairs(entries: Vec<Entry>) -> Vec<Entry> {
             .skip(i + 1)
             .find(|(_, s)| s.as_ref().is_some_and(|(j, _)| j == id));
         if let Some((k, Some((_, st)))) = next {
-            if st == "running" {
+            if st == back {
                 drop[i] = true;
                 drop[k] = true;
             }

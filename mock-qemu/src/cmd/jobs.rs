@@ -243,6 +243,8 @@ pub struct JobVerb {
     target: String,
     force: bool,
     speed: i64,
+    /// block-job-change's `copy-mode` (its default: background).
+    copy_mode: String,
 }
 
 #[derive(Deserialize)]
@@ -264,6 +266,11 @@ impl JobVerb {
             .get("speed")
             .and_then(serde_json::Value::as_i64)
             .unwrap_or(0);
+        let copy_mode = args
+            .get("copy-mode")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("background")
+            .to_owned();
         let t: Target = parse_args(args)?;
         let target = t.device.or(t.id).unwrap_or_default();
         Ok(JobVerb {
@@ -272,6 +279,7 @@ impl JobVerb {
             target,
             force,
             speed,
+            copy_mode,
         })
     }
 
@@ -431,7 +439,25 @@ impl JobVerb {
             }
             Verb::Change => {
                 verb_check(job.status)?;
-                Err(not_implemented(ctx.profile, &self.name))
+                if job.kind != crate::model::jobs::JobKind::Mirror {
+                    return Err(not_implemented(
+                        ctx.profile,
+                        &format!("{} of a {} job", self.name, job.kind.name()),
+                    ));
+                }
+                // mirror_change(): the options are read as a mirror's
+                // whatever `type` says; only background → write-blocking.
+                let wanted = self.copy_mode == "write-blocking";
+                if job.write_blocking && !wanted {
+                    return Err(QmpError::generic(format!(
+                        "Change to copy mode '{}' is not implemented",
+                        self.copy_mode
+                    )));
+                }
+                if let Some(j) = ctx.machine.job_entry(&job.id) {
+                    j.write_blocking |= wanted;
+                }
+                done()
             }
         }
     }

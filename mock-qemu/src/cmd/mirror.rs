@@ -121,6 +121,7 @@ impl Mirror {
             on_source_error: parse("on-source-error"),
             on_target_error: parse("on-target-error"),
             waits_for_complete: true,
+            write_blocking: a.get_str("copy-mode") == Some("write-blocking"),
             owned_target: self.drive.then_some(dst),
             fails_with: (src_size != dst_size).then(|| desc::mirror_size_mismatch(v)),
             ..Job::new("", JobKind::Mirror, src, len)

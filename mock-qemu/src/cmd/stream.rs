@@ -48,7 +48,12 @@ impl BlockStream {
             None => None,
         };
         // No BlockBackend names exist, so the default job id is ''.
-        let len = graph.node(top).map_or(0, |n| n.size);
+        // stream_run(): nothing to stream without a backing file.
+        let len = if graph.child(top, "backing").is_some() {
+            graph.node(top).map_or(0, |n| n.size)
+        } else {
+            0
+        };
         let job = Job {
             base,
             ..Job::new("", JobKind::Stream, top, len)

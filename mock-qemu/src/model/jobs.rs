@@ -249,6 +249,8 @@ pub struct Job {
     pub io_status: &'static str,
     /// Virtual time run in the current rate-limit slice (speed-limited).
     pub slice_us: u64,
+    /// A mirror's `copy-mode` is `write-blocking`.
+    pub write_blocking: bool,
 }
 
 /// An I/O error a job will meet.
@@ -331,6 +333,7 @@ impl Job {
             on_target_error: ErrorAction::Report,
             io_status: "ok",
             slice_us: 0,
+            write_blocking: false,
         }
     }
 }
