@@ -60,6 +60,10 @@ pub struct Config {
     /// Strict mode (`--mock-strict`, `MOCK_QEMU_STRICT=1`): refuse uses of
     /// images a commit invalidated (a simulator extension; QEMU accepts them).
     pub strict: bool,
+    /// Scaled real time (`--mock-jobs scaled[:FACTOR]`): the virtual clock
+    /// runs FACTOR times as fast as the wall clock, and jobs progress with
+    /// it (at their speed or the simulated throughput). In millionths.
+    pub time_scale_ppm: Option<u64>,
     /// `--mock-fault NODE:read|write[:EIO|ENOSPC[:OFFSET]]`, in order.
     pub faults: Vec<String>,
     /// `--version` / `-version` was asked for.
@@ -293,10 +297,27 @@ pub fn program_name(argv0: &str) -> String {
 pub const DEFAULT_THROUGHPUT: u64 = 1 << 30;
 
 /// `instant`, `stepped` or `stepped:BYTES_PER_SECOND`.
-fn parse_job_mode(v: &str) -> Result<Option<u64>, CmdlineError> {
+fn parse_job_mode(v: &str, cfg: &mut Config) -> Result<Option<u64>, CmdlineError> {
+    cfg.time_scale_ppm = None;
     match v.split_once(':') {
         None if v == "instant" => Ok(None),
         None if v == "stepped" => Ok(Some(DEFAULT_THROUGHPUT)),
+        None if v == "scaled" => {
+            cfg.time_scale_ppm = Some(1_000_000);
+            Ok(Some(DEFAULT_THROUGHPUT))
+        }
+        Some(("scaled", f)) => {
+            let f = f
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite() && *f >= 1e-6 && *f <= 1e9);
+            cfg.time_scale_ppm = Some(f.map(|f| (f * 1e6) as u64).ok_or_else(|| {
+                CmdlineError::Invalid(format!(
+                    "--mock-jobs: '{v}': scaled:FACTOR needs a positive factor"
+                ))
+            })?);
+            Ok(Some(DEFAULT_THROUGHPUT))
+        }
         Some(("stepped", bps)) => bps
             .parse::<u64>()
             .ok()
@@ -308,7 +329,7 @@ fn parse_job_mode(v: &str) -> Result<Option<u64>, CmdlineError> {
                 ))
             }),
         _ => Err(CmdlineError::Invalid(format!(
-            "--mock-jobs: '{v}' is not instant, stepped or stepped:BYTES_PER_S"
+            "--mock-jobs: '{v}' is not instant, stepped, stepped:BYTES_PER_S, scaled or scaled:FACTOR"
         ))),
     }
 }
@@ -330,7 +351,7 @@ pub fn parse(
     }
     let mut flavor: Option<Flavor> = env("MOCK_QEMU_FLAVOR").map(|f| f.parse()).transpose()?;
     if let Some(m) = env("MOCK_QEMU_JOBS") {
-        cfg.stepped_jobs = parse_job_mode(&m)?;
+        cfg.stepped_jobs = parse_job_mode(&m, &mut cfg)?;
     }
     if env("MOCK_QEMU_STRICT").is_some_and(|v| v == "1") {
         cfg.strict = true;
@@ -380,7 +401,7 @@ pub fn parse(
             "flavor" => flavor = Some(value(name)?.parse()?),
             "mock-jobs" => {
                 let v = value(name)?;
-                cfg.stepped_jobs = parse_job_mode(&v)?;
+                cfg.stepped_jobs = parse_job_mode(&v, &mut cfg)?;
             }
             "mock-strict" => cfg.strict = true,
             "mock-fault" => {

@@ -237,6 +237,33 @@ impl Core {
         // Instant mode: jobs run on as far as they can once the command has
         // answered; then the files they changed are written.
         self.machine.run_jobs();
+        self.apply_effects();
+        let mut d = Delivery {
+            reply: Some(to_json_with(&QObject::Dict(reply), self.style)),
+            ..Delivery::default()
+        };
+        let (now, after) = self.drain_events();
+        d.events = now;
+        d.after = after;
+        d.recipients = self.negotiated_sessions();
+        d
+    }
+
+    /// Scaled real time: the wall clock moved the virtual one by `micros`.
+    /// Returns the events jobs raised, for every negotiated session.
+    pub fn tick(&mut self, micros: u64) -> Delivery {
+        self.machine.advance(micros);
+        self.apply_effects();
+        let (now, after) = self.drain_events();
+        Delivery {
+            events: now.into_iter().chain(after).collect(),
+            recipients: self.negotiated_sessions(),
+            ..Delivery::default()
+        }
+    }
+
+    /// Writes the files jobs changed (image headers).
+    fn apply_effects(&mut self) {
         for effect in self.machine.take_effects() {
             match effect {
                 crate::model::Effect::SetBacking { filename, backing } => {
@@ -247,15 +274,6 @@ impl Core {
                 }
             }
         }
-        let mut d = Delivery {
-            reply: Some(to_json_with(&QObject::Dict(reply), self.style)),
-            ..Delivery::default()
-        };
-        let (now, after) = self.drain_events();
-        d.events = now;
-        d.after = after;
-        d.recipients = self.negotiated_sessions();
-        d
     }
 
     /// The process received SIGTERM/SIGINT: returns the event lines QEMU

@@ -227,6 +227,26 @@ fn run(prog: &str, cfg: Config) -> Result<()> {
             let m = mock.clone();
             tokio::spawn(async move { m.serve_monitor(l, max).await });
         }
+        if let Some(ppm) = cfg.time_scale_ppm {
+            let scale = ppm as f64 / 1e6;
+            // Scaled real time: every 10 ms of wall time moves the virtual
+            // clock by the scaled amount actually elapsed.
+            let m = mock.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+                let mut last = tokio::time::Instant::now();
+                let mut carry = 0.0f64;
+                loop {
+                    tick.tick().await;
+                    let now = tokio::time::Instant::now();
+                    let us = now.duration_since(last).as_secs_f64() * 1e6 * scale + carry;
+                    last = now;
+                    let whole = us.floor();
+                    carry = us - whole;
+                    m.tick(whole as u64);
+                }
+            });
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;

@@ -108,6 +108,14 @@ impl MockQemu {
         self.shutdown.send_replace(true);
     }
 
+    /// Scaled real time: moves the virtual clock by `micros` and delivers
+    /// what the jobs did meanwhile.
+    pub fn tick(&self, micros: u64) {
+        let mut hub = self.hub();
+        let d = hub.core.tick(micros);
+        hub.deliver(0, d);
+    }
+
     /// SIGTERM / SIGINT: deliver what QEMU prints on the way out, then stop.
     pub fn terminate(&self, reason: &'static str) {
         {

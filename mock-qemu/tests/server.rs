@@ -1084,3 +1084,34 @@ fn strict_mode_catches_an_overlay_on_an_image_a_commit_invalidated() {
         assert_eq!(r, json!({"return": {}}), "{}", p.label);
     }
 }
+
+/// `--mock-jobs scaled:FACTOR`: the virtual clock follows the wall clock,
+/// FACTOR times faster, with no `x-mock-clock-advance`: a 1 GiB mirror at
+/// the simulated 1 GiB/s needs one virtual second, 1 ms of wall time at
+/// 1000x. The event arrives on its own (the client just waits for it).
+#[test]
+fn scaled_real_time_moves_jobs_with_the_wall_clock() {
+    let mut p = mock(Flavor::Qsd);
+    p.pre
+        .extend(["--mock-jobs".to_owned(), "scaled:1000".to_owned()]);
+    let (_vm, sock) = qsd(&p);
+    let mut c = Client::connect(&sock);
+    c.negotiate();
+    for n in ["src", "dst"] {
+        let (_, r) = c.cmd(json!({"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": n, "size": 1u64 << 30}}));
+        assert_eq!(r, json!({"return": {}}));
+    }
+    let (ev, r) = c.cmd(json!({"execute": "blockdev-mirror", "arguments": {"job-id": "m", "device": "src", "target": "dst", "sync": "full"}}));
+    assert_eq!(r, json!({"return": {}}));
+    assert!(
+        ev.iter().all(|e| e["data"]["status"] != "ready"),
+        "not ready before any time passed: {ev:?}"
+    );
+    loop {
+        let e = c.line();
+        if e["event"] == "BLOCK_JOB_READY" {
+            assert_eq!(e["data"]["offset"], 1u64 << 30);
+            break;
+        }
+    }
+}
