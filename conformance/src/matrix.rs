@@ -688,7 +688,7 @@ fn view(entries: &[Entry]) -> ScenarioView {
                 let step = steps.last_mut().expect("step 0 exists");
                 step.order.push("closed".into());
             }
-            Entry::Setup(_) => {}
+            Entry::Setup(_) | Entry::Directive(_) => {}
         }
     }
     ScenarioView { steps, jobs }

@@ -270,6 +270,27 @@ pub async fn play(
                     pending_unsynced = true;
                 }
             }
+            Step::AdvanceClock { micros, text } => {
+                t.entries.push(Entry::Directive(text.clone()));
+                let args = serde_json::json!({"microseconds": micros});
+                let r = directive(&mut conn, &mut t, "x-mock-clock-advance", args, opts).await?;
+                if r.as_ref().is_some_and(|(c, _)| c == "CommandNotFound") {
+                    // A real QEMU: its own clock runs; wait (bounded).
+                    tokio::time::sleep(Duration::from_micros(*micros).min(opts.timeout)).await;
+                }
+            }
+            Step::InjectFault { args, text } => {
+                t.entries.push(Entry::Directive(text.clone()));
+                let r =
+                    directive(&mut conn, &mut t, "x-mock-inject-fault", args.clone(), opts).await?;
+                match r {
+                    Some((c, _)) if c == "CommandNotFound" => {
+                        bail!("{text}: needs mock-qemu (a real QEMU injects faults with a blkdebug node)")
+                    }
+                    Some((_, desc)) => bail!("{text}: {desc}"),
+                    None => {}
+                }
+            }
             Step::Setup(cmd) => {
                 let dir = target
                     .workdir()
@@ -624,6 +645,46 @@ async fn synchronise(
         }
         if is_marker_reply(&l.text, &id) {
             return Ok(());
+        }
+        push_line(t, l)?;
+    }
+}
+
+/// Runs a mock-only command for a directive: its reply is not part of the
+/// transcript (events it caused are). Returns the error (class, desc), if any.
+async fn directive(
+    conn: &mut Conn,
+    t: &mut Transcript,
+    command: &str,
+    args: serde_json::Value,
+    opts: &PlayOptions,
+) -> Result<Option<(String, String)>> {
+    let id = format!("{SYNC_ID_PREFIX}directive");
+    let line = serde_json::json!({"execute": command, "arguments": args, "id": id});
+    write(conn, format!("{line}\n").as_bytes()).await;
+    loop {
+        let Some(l) = conn
+            .reader
+            .next_line(opts.timeout)
+            .await
+            .with_context(|| format!("waiting for the reply to {command}"))?
+        else {
+            t.entries.push(Entry::Closed);
+            conn.closed = true;
+            bail!("the server closed the connection during {command}");
+        };
+        if skip(conn, &l, opts) {
+            continue;
+        }
+        if is_marker_reply(&l.text, &id) {
+            let v: serde_json::Value = serde_json::from_str(&l.text).unwrap_or_default();
+            let e = &v["error"];
+            return Ok(e["class"].as_str().map(|c| {
+                (
+                    c.to_owned(),
+                    e["desc"].as_str().unwrap_or_default().to_owned(),
+                )
+            }));
         }
         push_line(t, l)?;
     }

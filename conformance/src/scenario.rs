@@ -81,6 +81,22 @@ pub enum Step {
     ExpectClose,
     /// A shell command run in the work folder.
     Setup(String),
+    /// `advance-clock MICROS`: let job time pass (mock-qemu's virtual
+    /// clock; a real QEMU's wall clock, waited for, up to the timeout).
+    AdvanceClock {
+        /// Microseconds.
+        micros: u64,
+        /// As written.
+        text: String,
+    },
+    /// `inject-fault NODE read|write [EIO|ENOSPC] [OFFSET] [once]`:
+    /// mock-qemu's `x-mock-inject-fault` (a real QEMU needs a blkdebug node).
+    InjectFault {
+        /// The command's arguments.
+        args: Value,
+        /// As written.
+        text: String,
+    },
     /// Read until an event with this name (and these data members) has
     /// arrived since the last request, within the timeout.
     AwaitEvent {
@@ -249,6 +265,35 @@ impl Scenario {
                     display: rest.trim().to_owned(),
                     vars: vec![],
                     line: n + 1,
+                });
+            } else if let Some(rest) = line.strip_prefix("advance-clock ") {
+                let micros = rest.trim().parse::<u64>().with_context(ctx)?;
+                s.steps.push(Step::AdvanceClock {
+                    micros,
+                    text: line.to_owned(),
+                });
+            } else if let Some(rest) = line.strip_prefix("inject-fault ") {
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                let [node, op, more @ ..] = words.as_slice() else {
+                    bail!(
+                        "line {}: inject-fault NODE read|write [EIO|ENOSPC] [OFFSET] [once]",
+                        n + 1
+                    )
+                };
+                let mut args = serde_json::json!({"node-name": node, "operation": op});
+                for w in more {
+                    match *w {
+                        "once" => args["once"] = Value::Bool(true),
+                        "EIO" | "ENOSPC" => args["errno"] = Value::from(*w),
+                        off => {
+                            let o = off.parse::<u64>().with_context(ctx)?;
+                            args["offset"] = Value::from(o);
+                        }
+                    }
+                }
+                s.steps.push(Step::InjectFault {
+                    args,
+                    text: line.to_owned(),
                 });
             } else if line == "reconnect" {
                 s.steps.push(Step::Reconnect);

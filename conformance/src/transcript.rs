@@ -37,6 +37,8 @@ pub enum Entry {
     Setup(String),
     /// The server closed the connection.
     Closed,
+    /// A mock directive ran (`advance-clock N`, `inject-fault …`).
+    Directive(String),
 }
 
 /// A whole transcript with its header comments.
@@ -84,6 +86,11 @@ impl Transcript {
                     s.push('\n');
                 }
                 Entry::Closed => s.push_str("== closed\n"),
+                Entry::Directive(d) => {
+                    s.push_str("== ");
+                    s.push_str(d);
+                    s.push('\n');
+                }
             }
         }
         s
@@ -113,6 +120,11 @@ impl Transcript {
                 Entry::Setup(c.to_owned())
             } else if line == "== closed" {
                 Entry::Closed
+            } else if let Some(d) = line
+                .strip_prefix("== ")
+                .filter(|d| d.starts_with("advance-clock ") || d.starts_with("inject-fault "))
+            {
+                Entry::Directive(d.to_owned())
             } else if line.is_empty() {
                 continue;
             } else {

@@ -153,9 +153,11 @@ pub fn parse_scenario(text: &str) -> Result<ClientBytes, String> {
         } else if line == "expect-close"
             || line.starts_with("await-event ")
             || line.starts_with("expect-statuses ")
+            || line.starts_with("advance-clock ")
+            || line.starts_with("inject-fault ")
             || line.starts_with("<-")
         {
-            continue; // the client sends nothing
+            continue; // the client sends nothing (directives: mock-only commands)
         } else {
             out.unknown.push(at(line.to_owned()));
             continue;
