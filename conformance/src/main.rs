@@ -299,6 +299,57 @@ async fn real_main(cli: Cli) -> Result<bool> {
     }
 }
 
+/// Mock targets played at once by `qmp-conform run`.
+const MOCK_WORKERS: usize = 4;
+
+/// Plays the cases on `workers` targets of each profile at once; returns
+/// each case's outcome by its index in `all`.
+async fn play_concurrently(
+    all: &[(Version, Flavor, String, std::path::PathBuf)],
+    scenarios: &[conformance::scenario::Scenario],
+    spec: &str,
+    workers: usize,
+) -> Result<std::collections::BTreeMap<usize, Outcome>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut profiles: Vec<(Version, Flavor)> = Vec::new();
+    for (v, f, _, _) in all {
+        if !profiles.contains(&(*v, *f)) {
+            profiles.push((*v, *f));
+        }
+    }
+    for (version, flavor) in profiles {
+        let cases: Vec<(usize, conformance::scenario::Scenario, std::path::PathBuf)> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, (v, f, _, _))| (*v, *f) == (version, flavor))
+            .filter_map(|(i, (_, _, id, golden))| {
+                let s = scenarios.iter().find(|s| &s.id == id)?;
+                Some((i, s.clone(), golden.clone()))
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            let (mut target, opts) = make_target(spec, version, flavor).await?;
+            let mine: Vec<_> = cases.iter().skip(w).step_by(workers).cloned().collect();
+            tasks.push(tokio::spawn(async move {
+                let mut done = Vec::new();
+                for (i, s, golden) in mine {
+                    let outcome = match target.restart().await {
+                        Ok(()) => run_case(&s, &golden, target.as_mut(), &opts, Mode::Bytes).await,
+                        Err(e) => Outcome::Error(format!("restarting the target: {e:#}")),
+                    };
+                    done.push((i, outcome));
+                }
+                done
+            }));
+        }
+        for t in tasks {
+            out.extend(t.await.context("a worker stopped")?);
+        }
+    }
+    Ok(out)
+}
+
 async fn make_target(
     spec: &str,
     version: Version,
@@ -391,6 +442,13 @@ async fn run(fixtures: &std::path::Path, o: &RunOptions<'_>) -> Result<bool> {
             .collect();
     }
     let total = all.len();
+    // The mock is many independent cases: play them on a few targets at
+    // once (setup steps wait on qemu-img), then report in order.
+    let mut precomputed: std::collections::BTreeMap<usize, Outcome> =
+        std::collections::BTreeMap::new();
+    if kind == "mock" && !o.list {
+        precomputed = play_concurrently(&all, &scenarios, o.target, MOCK_WORKERS).await?;
+    }
     let mut current: Option<(Box<dyn Target>, PlayOptions, Mode)> = None;
     let mut last: Option<(Version, Flavor)> = None;
     for (n, (version, flavor, id, golden)) in all.into_iter().enumerate() {
@@ -417,9 +475,10 @@ async fn run(fixtures: &std::path::Path, o: &RunOptions<'_>) -> Result<bool> {
         };
         let case_started = Instant::now();
         let scenario = scenarios.iter().find(|s| s.id == id);
-        let outcome = match scenario {
-            None => Outcome::Error("golden transcript has no scenario file".into()),
-            Some(s) => match target.restart().await {
+        let outcome = match (precomputed.remove(&n), scenario) {
+            (Some(o), _) => o,
+            (None, None) => Outcome::Error("golden transcript has no scenario file".into()),
+            (None, Some(s)) => match target.restart().await {
                 Ok(()) => run_case(s, &golden, target.as_mut(), opts, *mode).await,
                 Err(e) => Outcome::Error(format!("restarting the target: {e:#}")),
             },
