@@ -617,8 +617,27 @@ async fn check_client(
     Ok(failed == 0)
 }
 
+/// A failure's text for the human report: indented, and on a terminal
+/// (unless `NO_COLOR` is set) the diff's lines coloured as `git diff` does
+/// (golden red, actual green, hunk headers cyan).
 fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("       {l}\n")).collect()
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none();
+    s.lines()
+        .map(|l| {
+            let code = match l.as_bytes().first() {
+                _ if !colour || l.starts_with("---") || l.starts_with("+++") => None,
+                Some(b'-') => Some("31"),
+                Some(b'+') => Some("32"),
+                Some(b'@') => Some("36"),
+                _ => None,
+            };
+            match code {
+                Some(c) => format!("       \x1b[{c}m{l}\x1b[0m\n"),
+                None => format!("       {l}\n"),
+            }
+        })
+        .collect()
 }
 
 /// What `qmp-conform matrix` was asked to do.

@@ -200,6 +200,61 @@ mod tests {
         assert_eq!(v["cases"][3]["verdict"], "skipped");
     }
 
+    /// The JUnit file a CI server reads: parsed with an XML parser, it has
+    /// one testsuite with every case, a failure element for each failing
+    /// case and the counts agreeing (the shape Jenkins, GitLab and GitHub
+    /// read).
+    #[test]
+    fn junit_output_is_well_formed_junit_xml() {
+        use quick_xml::events::Event;
+        let dir = tempfile::tempdir().unwrap();
+        let r = |id: &str, verdict| CaseResult {
+            profile: "qemu-10.0/qsd".into(),
+            id: id.into(),
+            description: "d <&> \"q\"".into(),
+            checks: "c".into(),
+            verdict,
+            time: Duration::from_millis(3),
+        };
+        let results = vec![
+            r("protocol/a", Verdict::Pass),
+            r(
+                "protocol/b",
+                Verdict::Fail("diff with <angle> & \u{1b}[31m".into()),
+            ),
+            r("protocol/c", Verdict::KnownFail("why".into())),
+        ];
+        let path = dir.path().join("j.xml");
+        write_junit(&path, "mock", &results).unwrap();
+        let xml = std::fs::read_to_string(&path).unwrap();
+        let mut reader = quick_xml::Reader::from_str(&xml);
+        let (mut suites, mut cases, mut failures) = (0, 0, 0);
+        let mut declared_tests = None;
+        loop {
+            match reader
+                .read_event()
+                .unwrap_or_else(|e| panic!("not XML: {e}\n{xml}"))
+            {
+                Event::Start(e) | Event::Empty(e) => match e.name().as_ref() {
+                    b"testsuite" => {
+                        suites += 1;
+                        declared_tests = e
+                            .try_get_attribute("tests")
+                            .unwrap()
+                            .map(|a| String::from_utf8_lossy(&a.value).into_owned());
+                    }
+                    b"testcase" => cases += 1,
+                    b"failure" => failures += 1,
+                    _ => {}
+                },
+                Event::Eof => break,
+                _ => {}
+            }
+        }
+        assert_eq!((suites, cases, failures), (1, 3, 1), "{xml}");
+        assert_eq!(declared_tests.as_deref(), Some("3"), "{xml}");
+    }
+
     #[test]
     fn a_known_divergence_needs_a_reason() {
         let dir = tempfile::tempdir().unwrap();
