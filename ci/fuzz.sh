@@ -6,7 +6,8 @@
 #   ci/fuzz.sh [SECONDS] [TARGET...]     default: 60 seconds, every target
 #
 # Targets: codec (JSON stream parser/writer), session (QMP sessions against
-# the core), qcow2 (image header parsing and rewriting). Inputs saved under
+# the core), qcow2 (image header parsing and rewriting), blockops (stateful:
+# block operations and jobs against the model). Inputs saved under
 # fuzz/regressions/<target>/ (past findings) run before any fuzzing.
 #
 # Environment:
@@ -28,7 +29,7 @@ shift || true
 if [ "$#" -gt 0 ]; then
   targets=("$@")
 else
-  targets=(codec session qcow2)
+  targets=(codec session qcow2 blockops)
 fi
 case $secs in
   '' | *[!0-9]*) echo "usage: ci/fuzz.sh [SECONDS] [TARGET...]" >&2; exit 2 ;;

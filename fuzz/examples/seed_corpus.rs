@@ -8,13 +8,15 @@
 //!
 //! creates `<corpus>/codec/seed-<scenario>` and
 //! `<corpus>/session/seed-<scenario>-<profile>` (plus a few hand-written
-//! session inputs), and `<corpus>/qcow2/seed-*` (generated image headers).
+//! session inputs), `<corpus>/qcow2/seed-*` (generated image headers) and
+//! `<corpus>/blockops/seed-<job type>-<profile>-<mode>` (block operations).
 //! Existing files are overwritten; others are kept.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use mock_qemu_fuzz::blockops;
 use mock_qemu_fuzz::seed::{
     codec_seed, encode_session, extra_session_inputs, parse_scenario, profiles_for, qcow2_seeds,
     session_ops,
@@ -44,7 +46,8 @@ fn run(scenarios: &Path, corpus: &Path) -> Result<(), String> {
     let codec_dir = corpus.join("codec");
     let session_dir = corpus.join("session");
     let qcow2_dir = corpus.join("qcow2");
-    for d in [&codec_dir, &session_dir, &qcow2_dir] {
+    let blockops_dir = corpus.join("blockops");
+    for d in [&codec_dir, &session_dir, &qcow2_dir, &blockops_dir] {
         fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
     }
     let write = |path: PathBuf, bytes: &[u8]| {
@@ -92,11 +95,17 @@ fn run(scenarios: &Path, corpus: &Path) -> Result<(), String> {
     for (name, bytes) in &qcow2 {
         write(qcow2_dir.join(format!("seed-{name}")), bytes)?;
     }
+    let block = blockops::seed_inputs();
+    for (name, input) in &block {
+        let bytes = blockops::encode_seed(input)?;
+        write(blockops_dir.join(format!("seed-{name}")), &bytes)?;
+    }
     println!(
         "seed-corpus: {} scenarios -> {n_codec} codec seeds, {n_session} session seeds \
-         (longest {longest} bytes); {} qcow2 seeds; in {}",
+         (longest {longest} bytes); {} qcow2 seeds; {} blockops seeds; in {}",
         files.len(),
         qcow2.len(),
+        block.len(),
         corpus.display()
     );
     Ok(())

@@ -1,6 +1,10 @@
 //! Fuzz harnesses for mock-qemu, shared by the cargo-fuzz targets in
 //! `fuzz_targets/` and the seed corpus generator in `examples/`.
 //!
+//! - [`blockops`]: stateful fuzzing of the block layer: typed block
+//!   operations through a [`mock_qemu::core::Core`] (graph and job
+//!   invariants, event sequences against the job transition table, every
+//!   job ends once time advances, determinism).
 //! - [`codec`]: QEMU's JSON stream parser and writer (split invariance,
 //!   writer/parser round trip, error text shape).
 //! - [`session`]: whole QMP sessions against a [`mock_qemu::core::Core`]
@@ -16,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod blockops;
 pub mod codec;
 pub mod memhost;
 pub mod qcow2;

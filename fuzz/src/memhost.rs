@@ -1,11 +1,13 @@
-//! An in-memory [`HostIo`] for the `session` target: image files live in a
+//! An in-memory [`HostIo`] for the `session` and `blockops` targets: image files live in a
 //! map, so fuzzed requests reach the block graph's file, qcow2 and snapshot
 //! code without touching the disk, and every play starts from the same
 //! files (the determinism check).
 //!
 //! A file is its size plus its first bytes (what `read_qcow2` reads); files
-//! appear through [`MemHost::insert`] (the `Image`/`File` ops) and
-//! `create_qcow2` (`blockdev-snapshot-sync`). qcow2 headers go through the
+//! appear through [`MemHost::insert`] (the `Image`/`File` ops, the
+//! `blockops` images), `create_qcow2` (`blockdev-snapshot-sync`,
+//! `drive-*` targets, `blockdev-create` of qcow2) and `create_file`
+//! (`blockdev-create` of `file`, raw `drive-*` targets). qcow2 headers go through the
 //! mock's own [`image::parse_qcow2`], so crafted headers fuzz it too.
 //! Rewriting a header's backing file (a finished stream or commit job) goes
 //! through the mock's own [`image::set_qcow2_backing`], which only works on
@@ -197,6 +199,17 @@ impl HostIo for MemHost {
         backing: Option<(&str, &str)>,
     ) -> Result<(), ImageError> {
         self.insert(filename, qcow2_image(size, backing));
+        Ok(())
+    }
+
+    fn create_file(&mut self, filename: &str, size: u64) -> Result<(), ImageError> {
+        self.insert(
+            filename,
+            MemFile {
+                size,
+                head: Vec::new(),
+            },
+        );
         Ok(())
     }
 

@@ -327,7 +327,7 @@ const ERROR_CLASSES: [&str; 5] = [
 
 /// What the harness knows about a request before handing it to the core.
 #[derive(Debug)]
-enum Request {
+pub(crate) enum Request {
     ParseError(String),
     NotAnObject,
     Object {
@@ -339,7 +339,7 @@ enum Request {
 }
 
 impl Request {
-    fn of(item: &Parsed) -> Request {
+    pub(crate) fn of(item: &Parsed) -> Request {
         match item {
             Parsed::Error(desc) => Request::ParseError(desc.clone()),
             Parsed::Value(QObject::Dict(d)) => {
@@ -373,7 +373,7 @@ impl Request {
 
 /// The context-free content of a reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Return,
     Error { class: String, desc: String },
 }
@@ -433,7 +433,7 @@ fn check_reply_body_cached(body: String) -> Result<Outcome, String> {
 }
 
 /// Checks a reply line against the request it answers.
-fn check_reply(line: &str, req: &Request, style: Style) -> Result<Outcome, String> {
+pub(crate) fn check_reply(line: &str, req: &Request, style: Style) -> Result<Outcome, String> {
     check_printable_ascii(line)?;
     let body = match req.id() {
         None => line.to_owned(),
@@ -483,7 +483,7 @@ fn int_member(d: &mock_qemu::qmp::qobject::QDict, key: &str) -> Option<i64> {
 }
 
 /// Checks an event line; returns its timestamp.
-fn check_event(line: &str) -> Result<(i64, i64), String> {
+pub(crate) fn check_event(line: &str) -> Result<(i64, i64), String> {
     check_printable_ascii(line)?;
     let v = parse_one(line)?;
     let d = v.as_dict().ok_or("event is not an object")?;
