@@ -98,3 +98,20 @@ fn blockdev_snapshot_refuses_a_loop() {
         s.assert_graph_sound();
     }
 }
+
+/// Finding 2: `blkdebug` takes its node name before it opens its `image`,
+/// so `image` naming the new node itself attached the node below itself.
+/// QEMU refuses it in `bdrv_attach_child_noperm()`; nothing is added.
+#[test]
+fn blkdebug_refuses_itself_as_image() {
+    for v in [Version::V5_2, Version::V7_2, Version::V10_0] {
+        let mut s = Session::new(v);
+        assert_eq!(
+            s.error(json!({"execute": "blockdev-add", "arguments": {
+                "driver": "blkdebug", "node-name": "n0", "image": "n0"}})),
+            "Making 'n0' a image child of 'n0' would create a cycle"
+        );
+        assert_eq!(s.core.machine().graph().len(), 0);
+        s.assert_graph_sound();
+    }
+}

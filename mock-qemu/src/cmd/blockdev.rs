@@ -238,6 +238,17 @@ impl Opener<'_, '_> {
         // Named (listed) before blkdebug_open() opens the image.
         let id = self.insert(name, node)?;
         let image = self.child(image_def, inherit)?;
+        // bdrv_attach_child_noperm(): blkdebug is named before its image
+        // opens, so a reference to itself would make a loop.
+        let graph = self.ctx.machine.graph();
+        if graph.reaches(image, id) {
+            let name = |n: NodeId| graph.node(n).map(|n| n.name.clone()).unwrap_or_default();
+            return Err(QmpError::generic(format!(
+                "Making '{}' a image child of '{}' would create a cycle",
+                name(image),
+                name(id)
+            )));
+        }
         let size = self.ctx.machine.graph().node(image).map_or(0, |f| f.size);
         let graph = self.ctx.machine.graph_mut();
         if let Some(n) = graph.node_mut(id) {
