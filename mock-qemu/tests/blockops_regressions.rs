@@ -60,6 +60,29 @@ impl Session {
             "driver": "null-co", "node-name": name, "size": 1048576}}));
     }
 
+    /// qcow2 images base ← mid ← top in `dir`, added as nodes `base`,
+    /// `mid`, `top` (each naming its backing node).
+    fn chain(&mut self, dir: &std::path::Path) {
+        let mut below: Option<String> = None;
+        for name in ["base", "mid", "top"] {
+            let path = dir.join(format!("{name}.qcow2")).display().to_string();
+            let backing = below
+                .as_ref()
+                .map(|b| format!("{}/{b}.qcow2", dir.display()));
+            mock_qemu::image::create_qcow2(
+                &path,
+                1 << 20,
+                backing.as_deref().map(|b| (b, "qcow2")),
+            )
+            .unwrap();
+            let backing = below.as_deref().map_or(Value::Null, |b| json!(b));
+            self.ok(json!({"execute": "blockdev-add", "arguments": {
+                "driver": "qcow2", "node-name": name, "backing": backing,
+                "file": {"driver": "file", "filename": path}}}));
+            below = Some(name.to_owned());
+        }
+    }
+
     /// The graph has no cycle and every child exists.
     fn assert_graph_sound(&self) {
         let g = self.core.machine().graph();
@@ -112,6 +135,59 @@ fn blkdebug_refuses_itself_as_image() {
             "Making 'n0' a image child of 'n0' would create a cycle"
         );
         assert_eq!(s.core.machine().graph().len(), 0);
+        s.assert_graph_sound();
+    }
+}
+
+/// `JOB_STATUS_CHANGE` statuses among `events`.
+fn statuses(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "JOB_STATUS_CHANGE")
+        .map(|e| e["data"]["status"].as_str().unwrap())
+        .collect()
+}
+
+/// Finding 3: a `filter-node-name` already in use made the job-starting
+/// command fail *after* the job had started, leaving the job running.
+/// QEMU opens the filter before creating the job (stream, mirror, active
+/// commit, backup: no job at all), or right after it (intermediate commit:
+/// the job is destroyed again, `created` then `null`).
+#[test]
+fn a_taken_filter_name_leaves_no_job() {
+    let dup = "Duplicate nodes with node-name='taken'";
+    for v in [Version::V7_2, Version::V10_0] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Session::new(v);
+        s.chain(dir.path());
+        s.null("taken");
+        s.null("src");
+        s.null("dst");
+        let attempts = [
+            json!({"execute": "block-stream", "arguments": {
+                "job-id": "j", "device": "top", "filter-node-name": "taken"}}),
+            json!({"execute": "blockdev-mirror", "arguments": {
+                "job-id": "j", "device": "src", "target": "dst", "sync": "full",
+                "filter-node-name": "taken"}}),
+            json!({"execute": "blockdev-backup", "arguments": {
+                "job-id": "j", "device": "src", "target": "dst", "sync": "full",
+                "filter-node-name": "taken"}}),
+            json!({"execute": "block-commit", "arguments": {
+                "job-id": "j", "device": "top", "filter-node-name": "taken"}}),
+        ];
+        for cmd in attempts {
+            let (events, reply) = s.cmd(cmd.clone());
+            assert_eq!(reply["error"]["desc"], dup, "{v:?} {cmd}");
+            assert_eq!(statuses(&events), Vec::<&str>::new(), "{v:?} {cmd}");
+            assert_eq!(s.core.machine().job_count(), 0, "{v:?} {cmd}");
+        }
+        // Intermediate commit creates its job first.
+        let (events, reply) = s.cmd(json!({"execute": "block-commit", "arguments": {
+            "job-id": "j", "device": "top", "top-node": "mid", "base-node": "base",
+            "filter-node-name": "taken"}}));
+        assert_eq!(reply["error"]["desc"], dup, "{v:?}");
+        assert_eq!(statuses(&events), ["created", "null"], "{v:?}");
+        assert_eq!(s.core.machine().job_count(), 0, "{v:?}");
         s.assert_graph_sound();
     }
 }

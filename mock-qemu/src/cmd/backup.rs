@@ -158,6 +158,8 @@ impl Backup {
             ..Job::new("", JobKind::Backup, src, len)
         };
         let id = a.get_str("job-id").unwrap_or("").to_owned();
+        // The copy-before-write filter opens before the job is created.
+        super::jobs::check_filter_name(ctx, a.get_str("filter-node-name"))?;
         let reply = super::jobs::start(ctx, a, job)?;
         let (driver, children) = if v < Version::V7_2 {
             (

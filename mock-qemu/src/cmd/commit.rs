@@ -88,8 +88,16 @@ impl BlockCommit {
             ..Job::new("", JobKind::Commit, dev, len)
         };
         let id = a.get_str("job-id").unwrap_or_default().to_owned();
-        let reply = super::jobs::start(ctx, &self.args, job)?;
         let name = a.get_str("filter-node-name");
+        // Active commit opens mirror_top before creating the job;
+        // commit_start() opens commit_top after it (a failure destroys it).
+        let filter_ok = super::jobs::check_filter_name(ctx, name);
+        let reply = if above.is_none() {
+            filter_ok?;
+            super::jobs::start(ctx, &self.args, job)?
+        } else {
+            super::jobs::start_or_drop(ctx, &self.args, job, filter_ok)?
+        };
         match above {
             // Active commit runs as a mirror: mirror_top above the device.
             None => {

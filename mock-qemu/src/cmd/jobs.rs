@@ -21,6 +21,18 @@ use crate::qmp::shape;
 /// checked, the job is created, a negative speed destroys it again
 /// (`created`, `null`, then the error), else it starts.
 pub(super) fn start(ctx: &mut Context<'_>, args: &QDict, job: Job) -> Result<Return, QmpError> {
+    start_or_drop(ctx, args, job, Ok(()))
+}
+
+/// [`start`], for a command whose next step after creating the job can
+/// fail (`late`): the job is then destroyed again (`created`, `null`) and
+/// the command reports that error, as QEMU's `job_early_fail()`.
+pub(super) fn start_or_drop(
+    ctx: &mut Context<'_>,
+    args: &QDict,
+    job: Job,
+    late: Result<(), QmpError>,
+) -> Result<Return, QmpError> {
     let speed = match args.get("speed") {
         Some(QObject::Num(crate::qmp::qobject::QNum::I64(s))) => *s,
         _ => 0,
@@ -41,8 +53,26 @@ pub(super) fn start(ctx: &mut Context<'_>, args: &QDict, job: Job) -> Result<Ret
             "Parameter 'speed' expects a non-negative value",
         ));
     }
+    if let Err(e) = late {
+        ctx.machine.create_and_drop_job(job).map_err(err)?;
+        return Err(e);
+    }
     ctx.machine.start_job(job).map_err(err)?;
     Ok(QObject::Dict(QDict::new()))
+}
+
+/// The name check of a job's filter node (`filter-node-name`), which QEMU
+/// makes when it opens the filter: before creating the job (stream,
+/// mirror, active commit, backup) or right after (intermediate commit).
+pub(super) fn check_filter_name(ctx: &Context<'_>, name: Option<&str>) -> Result<(), QmpError> {
+    match name {
+        Some(n) => ctx
+            .machine
+            .graph()
+            .check_new_name(n)
+            .map_err(|e| super::desc::graph_error(ctx.profile.version(), &e)),
+        None => Ok(()),
+    }
 }
 
 /// Inserts the hidden filter node a job puts above its source

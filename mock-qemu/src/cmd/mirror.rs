@@ -127,6 +127,8 @@ impl Mirror {
             ..Job::new("", JobKind::Mirror, src, len)
         };
         let id = a.get_str("job-id").unwrap_or("").to_owned();
+        // mirror_top opens before the job is created.
+        super::jobs::check_filter_name(ctx, a.get_str("filter-node-name"))?;
         let reply = super::jobs::start(ctx, a, job)?;
         let filter = super::jobs::insert_filter(
             ctx,

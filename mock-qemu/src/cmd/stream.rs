@@ -59,6 +59,10 @@ impl BlockStream {
             ..Job::new("", JobKind::Stream, top, len)
         };
         let id = a.get_str("job-id").unwrap_or_default().to_owned();
+        // The copy-on-read filter opens before the job is created.
+        if v >= crate::profile::Version::V7_2 {
+            super::jobs::check_filter_name(ctx, a.get_str("filter-node-name"))?;
+        }
         let reply = super::jobs::start(ctx, &self.args, job)?;
         // 6.0 on: a copy-on-read filter above the top while it streams.
         if v >= crate::profile::Version::V7_2 {
