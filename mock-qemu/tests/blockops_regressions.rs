@@ -191,3 +191,30 @@ fn a_taken_filter_name_leaves_no_job() {
         s.assert_graph_sound();
     }
 }
+
+/// Finding 4: `block-stream` took any node as `base-node`, the device
+/// itself included, and the finished job made the device its own backing
+/// file. QEMU requires the base to lie below the device in its chain.
+#[test]
+fn block_stream_base_must_be_below_the_device() {
+    for v in [Version::V5_2, Version::V7_2, Version::V10_0] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Session::new(v);
+        s.chain(dir.path());
+        s.null("other");
+        for (base, device) in [("top", "top"), ("other", "top"), ("top", "mid")] {
+            let (events, reply) = s.cmd(json!({"execute": "block-stream", "arguments": {
+                "job-id": "j", "device": device, "base-node": base}}));
+            assert_eq!(
+                reply["error"]["desc"],
+                format!("Node '{base}' is not a backing image of '{device}'"),
+                "{v:?}"
+            );
+            assert!(events.is_empty(), "{v:?}: {events:?}");
+        }
+        // Below the device: streams.
+        s.ok(json!({"execute": "block-stream", "arguments": {
+            "job-id": "j", "device": "top", "base-node": "base"}}));
+        s.assert_graph_sound();
+    }
+}

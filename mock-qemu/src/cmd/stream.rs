@@ -4,10 +4,31 @@
 
 use super::desc;
 use super::{Context, Return};
-use crate::model::graph::NodeId;
+use crate::model::graph::{Graph, NodeId};
 use crate::model::jobs::{Job, JobKind, JobStatus};
 use crate::qmp::error::QmpError;
 use crate::qmp::qobject::QDict;
+
+/// `bdrv_chain_contains(top, base)`: `base` is `top` or below it along
+/// backing files and filters' filtered children.
+fn chain_contains(graph: &Graph, top: NodeId, base: NodeId) -> bool {
+    let mut cur = Some(top);
+    for _ in 0..=graph.len() {
+        let Some(n) = cur else { break };
+        if n == base {
+            return true;
+        }
+        cur = graph.child(n, "backing").or_else(|| {
+            let filter = graph
+                .node(n)
+                .is_some_and(|n| super::blockdev::is_filter(&n.driver));
+            filter
+                .then(|| graph.child(n, "file").or_else(|| graph.child(n, "image")))
+                .flatten()
+        });
+    }
+    false
+}
 
 /// `block-stream`.
 #[derive(Debug)]
@@ -47,6 +68,13 @@ impl BlockStream {
             Some(b) => Some(graph.find(b).ok_or_else(|| desc::node_lookup(v, "", b))?),
             None => None,
         };
+        if let (Some(b), Some(name)) = (base, a.get_str("base-node")) {
+            if b == top || !chain_contains(graph, top, b) {
+                return Err(QmpError::generic(format!(
+                    "Node '{name}' is not a backing image of '{device}'"
+                )));
+            }
+        }
         // No BlockBackend names exist, so the default job id is ''.
         // stream_run(): nothing to stream without a backing file.
         let len = if graph.child(top, "backing").is_some() {
