@@ -218,3 +218,28 @@ fn block_stream_base_must_be_below_the_device() {
         s.assert_graph_sound();
     }
 }
+
+/// Finding 5: a `qcow2` node takes its name before it opens its backing
+/// file, so `backing` naming the new node itself made it its own backing
+/// file (the same loop as finding 2). Refused; nothing is added.
+#[test]
+fn a_backing_reference_to_the_new_node_is_refused() {
+    for v in [Version::V5_2, Version::V7_2, Version::V10_0] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.qcow2").display().to_string();
+        mock_qemu::image::create_qcow2(&path, 1 << 20, None).unwrap();
+        let mut s = Session::new(v);
+        assert_eq!(
+            s.error(json!({"execute": "blockdev-add", "arguments": {
+                "driver": "qcow2", "node-name": "n0", "backing": "n0",
+                "file": {"driver": "file", "filename": path}}})),
+            "Making 'n0' a backing child of 'n0' would create a cycle"
+        );
+        assert_eq!(s.core.machine().graph().len(), 0);
+        // The file is free again.
+        s.ok(json!({"execute": "blockdev-add", "arguments": {
+            "driver": "qcow2", "node-name": "n0",
+            "file": {"driver": "file", "filename": path}}}));
+        s.assert_graph_sound();
+    }
+}

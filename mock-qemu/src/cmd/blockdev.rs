@@ -238,17 +238,7 @@ impl Opener<'_, '_> {
         // Named (listed) before blkdebug_open() opens the image.
         let id = self.insert(name, node)?;
         let image = self.child(image_def, inherit)?;
-        // bdrv_attach_child_noperm(): blkdebug is named before its image
-        // opens, so a reference to itself would make a loop.
-        let graph = self.ctx.machine.graph();
-        if graph.reaches(image, id) {
-            let name = |n: NodeId| graph.node(n).map(|n| n.name.clone()).unwrap_or_default();
-            return Err(QmpError::generic(format!(
-                "Making '{}' a image child of '{}' would create a cycle",
-                name(image),
-                name(id)
-            )));
-        }
+        self.check_attach(id, "image", image)?;
         let size = self.ctx.machine.graph().node(image).map_or(0, |f| f.size);
         let graph = self.ctx.machine.graph_mut();
         if let Some(n) = graph.node_mut(id) {
@@ -256,6 +246,22 @@ impl Opener<'_, '_> {
         }
         graph.attach(id, "image", image);
         Ok(id)
+    }
+
+    /// `bdrv_attach_child_noperm()`'s loop check, for a child opened after
+    /// its parent took its name (blkdebug's `image`, a `backing`): a
+    /// reference to the parent itself (or a node above it) is refused.
+    fn check_attach(&self, parent: NodeId, role: &str, child: NodeId) -> Result<(), QmpError> {
+        let graph = self.ctx.machine.graph();
+        if !graph.reaches(child, parent) {
+            return Ok(());
+        }
+        let name = |n: NodeId| graph.node(n).map(|n| n.name.clone()).unwrap_or_default();
+        Err(QmpError::generic(format!(
+            "Making '{}' a {role} child of '{}' would create a cycle",
+            name(child),
+            name(parent)
+        )))
     }
 
     fn insert(&mut self, name: Option<String>, node: Node) -> Result<NodeId, QmpError> {
@@ -460,6 +466,7 @@ impl Opener<'_, '_> {
                     },
                 };
                 if let Some(b) = backing {
+                    self.check_attach(id, "backing", b)?;
                     self.ctx.machine.graph_mut().attach(id, "backing", b);
                 }
                 Ok(id)
