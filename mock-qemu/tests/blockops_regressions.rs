@@ -243,3 +243,42 @@ fn a_backing_reference_to_the_new_node_is_refused() {
         s.assert_graph_sound();
     }
 }
+
+/// Finding 6: a `transaction` whose later action failed restored the graph
+/// but left the backup jobs of its earlier actions running (holding a
+/// filter node the restored graph no longer had). Main meanwhile defers
+/// the jobs of a transaction to its end and drops them when an action
+/// fails; a job never started is dismissed whatever its auto-dismiss (as
+/// QEMU's `job_cancel_sync()` of an unstarted job does).
+#[test]
+fn a_failed_transaction_leaves_no_job() {
+    for v in [Version::V5_2, Version::V7_2, Version::V10_0] {
+        let mut s = Session::new(v);
+        s.null("src");
+        s.null("t0");
+        s.null("t1");
+        let backup = |job: &str, target: &str, dismiss: bool| {
+            json!({"type": "blockdev-backup", "data": {
+                "job-id": job, "device": "src", "target": target, "sync": "none",
+                "auto-dismiss": dismiss}})
+        };
+        let (events, reply) = s.cmd(json!({"execute": "transaction", "arguments": {
+            "actions": [backup("j0", "t0", true), backup("j1", "t1", false),
+                        {"type": "abort", "data": {}}]}}));
+        assert_eq!(
+            reply["error"]["desc"], "Transaction aborted using Abort action",
+            "{v:?}"
+        );
+        for id in ["j0", "j1"] {
+            let last = events
+                .iter()
+                .rfind(|e| e["event"] == "JOB_STATUS_CHANGE" && e["data"]["id"] == id)
+                .map(|e| e["data"]["status"].clone());
+            assert_eq!(last, Some(json!("null")), "{v:?} {id}: {events:?}");
+        }
+        assert_eq!(s.core.machine().job_count(), 0, "{v:?}");
+        // No filter is left over.
+        assert_eq!(s.core.machine().graph().len(), 3, "{v:?}");
+        s.assert_graph_sound();
+    }
+}
