@@ -282,3 +282,59 @@ fn a_failed_transaction_leaves_no_job() {
         s.assert_graph_sound();
     }
 }
+
+/// Finding 7: only a job's main node (and a commit's top) counted as
+/// busy, so another job could start on a job's filter node (and graph
+/// changes then dropped a filter the first job still held), and a mirror's
+/// target could be deleted under it. QEMU blocks every operation on each
+/// node a job holds (`block_job_add_bdrv()`): its main node (a backup's
+/// is its filter: a backup does not block its source), its filter, a
+/// commit's top to base, a mirror's or backup's target.
+#[test]
+fn what_a_job_holds_is_busy() {
+    let busy = |node: &str, kind: &str| {
+        format!("Node '{node}' is busy: block device is in use by block job: {kind}")
+    };
+    for v in [Version::V5_2, Version::V7_2, Version::V10_0] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Session::new(v);
+        s.chain(dir.path());
+        for n in ["dst", "src", "tgt", "t1", "t2"] {
+            s.null(n);
+        }
+        // Active commit: its mirror_top filter is busy.
+        s.ok(json!({"execute": "block-commit", "arguments": {
+            "job-id": "c", "device": "top", "filter-node-name": "f"}}));
+        assert_eq!(
+            s.error(json!({"execute": "blockdev-mirror", "arguments": {
+                "job-id": "m", "device": "f", "target": "dst", "sync": "full"}})),
+            busy("f", "commit"),
+            "{v:?}"
+        );
+        // A mirror's target.
+        s.ok(json!({"execute": "blockdev-mirror", "arguments": {
+            "job-id": "m", "device": "src", "target": "tgt", "sync": "full"}}));
+        assert_eq!(
+            s.error(json!({"execute": "blockdev-del", "arguments": {"node-name": "tgt"}})),
+            busy("tgt", "mirror"),
+            "{v:?}"
+        );
+        assert_eq!(
+            s.error(json!({"execute": "blockdev-backup", "arguments": {
+                "job-id": "b", "device": "dst", "target": "tgt", "sync": "full"}})),
+            busy("tgt", "mirror"),
+            "{v:?}"
+        );
+        // Two backups of one source, each into its own target.
+        for (job, target) in [("b1", "t1"), ("b2", "t2")] {
+            s.ok(json!({"execute": "blockdev-backup", "arguments": {
+                "job-id": job, "device": "dst", "target": target, "sync": "none"}}));
+        }
+        assert_eq!(
+            s.error(json!({"execute": "blockdev-del", "arguments": {"node-name": "t1"}})),
+            busy("t1", "backup"),
+            "{v:?}"
+        );
+        s.assert_graph_sound();
+    }
+}

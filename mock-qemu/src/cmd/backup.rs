@@ -118,6 +118,10 @@ impl Backup {
                 "must provide a valid bitmap name for '{sync}' sync mode"
             )));
         }
+        // A backup does not block its own source (its main node is its
+        // filter), so several backups may read one source.
+        super::jobs::check_not_blocked(ctx, src)?;
+        super::jobs::check_not_blocked(ctx, dst)?;
         let graph = ctx.machine.graph();
         let (src_size, dst_size) = (
             graph.node(src).map_or(0, |n| n.size),

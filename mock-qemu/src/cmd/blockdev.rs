@@ -694,18 +694,11 @@ impl BlockdevDel {
 
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
         let version = ctx.profile.version();
-        // A node a running job works on is blocked (op blocker).
+        // A node a running job works on is blocked (op blocker), checked
+        // after bdrv_has_blk() (a node with a BlockBackend is "in use").
         if let Some(id) = ctx.machine.graph().find(&self.node_name) {
-            let job = ctx.machine.jobs_newest_first().find(|j| {
-                j.status < crate::model::jobs::JobStatus::Concluded
-                    && (j.node == id || j.top == Some(id))
-            });
-            if let Some(j) = job {
-                return Err(QmpError::generic(format!(
-                    "Node '{}' is busy: block device is in use by block job: {}",
-                    self.node_name,
-                    j.kind.name()
-                )));
+            if !ctx.machine.graph().backends().any(|(_, n)| n == id) {
+                super::jobs::check_not_blocked(ctx, id)?;
             }
         }
         ctx.machine

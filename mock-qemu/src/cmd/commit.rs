@@ -36,6 +36,7 @@ impl BlockCommit {
             ));
         };
         super::check_strict(ctx, dev, "block-commit")?;
+        super::jobs::check_not_blocked(ctx, dev)?;
         let graph = ctx.machine.graph();
         let chain = {
             let mut c = vec![dev];
@@ -71,6 +72,10 @@ impl BlockCommit {
             return Err(QmpError::generic(format!(
                 "'{name}' is not in this backing file chain"
             )));
+        }
+        // Every node from top to base is checked too.
+        for n in &chain[tpos..=pos(base).unwrap_or(tpos)] {
+            super::jobs::check_not_blocked(ctx, *n)?;
         }
         // Active commit copies what the top has allocated: nothing in an
         // image no one has written (the data plane comes later).

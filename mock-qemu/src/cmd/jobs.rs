@@ -256,6 +256,27 @@ pub(super) fn lookup(
         .ok_or_else(|| super::desc::node_lookup(v, name, name))
 }
 
+/// `bdrv_op_is_blocked()`: a node a running job holds (its node, filter,
+/// target, …: `Machine::blocking_job`) is busy for other operations.
+pub(super) fn check_not_blocked(
+    ctx: &Context<'_>,
+    node: crate::model::graph::NodeId,
+) -> Result<(), QmpError> {
+    let Some(j) = ctx.machine.blocking_job(node) else {
+        return Ok(());
+    };
+    let name = ctx
+        .machine
+        .graph()
+        .node(node)
+        .map(|n| n.name.clone())
+        .unwrap_or_default();
+    Err(QmpError::generic(format!(
+        "Node '{name}' is busy: block device is in use by block job: {}",
+        j.kind.name()
+    )))
+}
+
 /// Which family a verb belongs to, which decides its lookup error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {

@@ -12,7 +12,7 @@ use super::desc;
 use super::drive::{open_target, release_on_error};
 use super::{Context, Return};
 use crate::model::graph::NodeId;
-use crate::model::jobs::{Job, JobKind, JobStatus};
+use crate::model::jobs::{Job, JobKind};
 use crate::profile::Version;
 use crate::qmp::error::QmpError;
 use crate::qmp::qobject::{QDict, QObject};
@@ -84,17 +84,8 @@ impl Mirror {
                 "Parameter 'granularity' expects a power of 2"
             }));
         }
-        if let Some(j) = ctx
-            .machine
-            .jobs_newest_first()
-            .find(|j| j.node == src && j.status < JobStatus::Concluded)
-        {
-            let name = graph.node(src).map(|n| n.name.clone()).unwrap_or_default();
-            return Err(QmpError::generic(format!(
-                "Node '{name}' is busy: block device is in use by block job: {}",
-                j.kind.name()
-            )));
-        }
+        super::jobs::check_not_blocked(ctx, src)?;
+        super::jobs::check_not_blocked(ctx, dst)?;
         let (src_size, dst_size) = (
             graph.node(src).map_or(0, |n| n.size),
             graph.node(dst).map_or(0, |n| n.size),

@@ -5,7 +5,7 @@
 use super::desc;
 use super::{Context, Return};
 use crate::model::graph::{Graph, NodeId};
-use crate::model::jobs::{Job, JobKind, JobStatus};
+use crate::model::jobs::{Job, JobKind};
 use crate::qmp::error::QmpError;
 use crate::qmp::qobject::QDict;
 
@@ -53,17 +53,7 @@ impl BlockStream {
         super::check_strict(ctx, top, "block-stream")?;
         let graph = ctx.machine.graph();
         // A node a job works on is blocked for other jobs (op blocker).
-        if let Some(j) = ctx
-            .machine
-            .jobs_newest_first()
-            .find(|j| j.node == top && j.status < JobStatus::Concluded)
-        {
-            let name = graph.node(top).map(|n| n.name.clone()).unwrap_or_default();
-            return Err(QmpError::generic(format!(
-                "Node '{name}' is busy: block device is in use by block job: {}",
-                j.kind.name()
-            )));
-        }
+        super::jobs::check_not_blocked(ctx, top)?;
         let base: Option<NodeId> = match a.get_str("base-node") {
             Some(b) => Some(graph.find(b).ok_or_else(|| desc::node_lookup(v, "", b))?),
             None => None,

@@ -11,7 +11,7 @@ pub mod jobs;
 pub mod objects;
 
 use clock::{VirtualClock, VirtualTime};
-use graph::Graph;
+use graph::{Graph, NodeId};
 use jobs::{Job, JobError, JobStatus};
 
 /// The run state of the impersonated process (system emulator's `query-status`).
@@ -352,6 +352,23 @@ impl Machine {
     /// Every job, newest first (QEMU's job list order).
     pub fn jobs_newest_first(&self) -> impl Iterator<Item = &Job> {
         self.jobs.iter().rev()
+    }
+
+    /// The job (not concluded yet) whose op blockers are on `node`
+    /// (`block_job_add_bdrv()` blocks every operation on what a job
+    /// holds): its main node (a backup's is its filter, not its source),
+    /// its filter, a commit's top and base, a mirror's or backup's target,
+    /// a `drive-*` target it opened. Newest job first.
+    pub fn blocking_job(&self, node: NodeId) -> Option<&Job> {
+        self.jobs_newest_first()
+            .filter(|j| j.status < JobStatus::Concluded)
+            .find(|j| {
+                (j.node == node && j.kind != jobs::JobKind::Backup)
+                    || j.filter == Some(node)
+                    || j.top == Some(node)
+                    || (j.base == Some(node) && j.kind != jobs::JobKind::Stream)
+                    || j.owned_target == Some(node)
+            })
     }
 
     /// Checks a new job's id (`job_create`): syntax, then uniqueness.
