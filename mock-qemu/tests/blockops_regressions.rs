@@ -338,3 +338,42 @@ fn what_a_job_holds_is_busy() {
         s.assert_graph_sound();
     }
 }
+
+/// Finding 8: nodes a running job holds were freed as soon as no parent
+/// node held them: a backup ending (its filter dropped) or the deletion of
+/// a node above freed a mirror's `mirror_top` filter under the mirror.
+/// QEMU's jobs hold references (`block_job_add_bdrv()`); what only a job
+/// held goes when the job ends.
+#[test]
+fn nodes_a_job_holds_are_not_freed_under_it() {
+    for v in [Version::V5_2, Version::V7_2, Version::V10_0] {
+        let mut s = Session::new(v);
+        for n in ["src", "t0", "t1"] {
+            s.null(n);
+        }
+        s.ok(json!({"execute": "blockdev-backup", "arguments": {
+            "job-id": "b", "device": "src", "target": "t0", "sync": "none"}}));
+        s.ok(json!({"execute": "blockdev-mirror", "arguments": {
+            "job-id": "m", "device": "src", "target": "t1", "sync": "full",
+            "filter-node-name": "mt"}}));
+        let has = |s: &Session, name: &str| s.core.machine().graph().find(name).is_some();
+        s.ok(json!({"execute": "job-cancel", "arguments": {"id": "b"}}));
+        assert!(
+            has(&s, "mt"),
+            "{v:?}: the backup's end freed the mirror's filter"
+        );
+        s.ok(json!({"execute": "blockdev-add", "arguments": {
+            "driver": "raw", "node-name": "above", "file": "mt"}}));
+        s.ok(json!({"execute": "blockdev-del", "arguments": {"node-name": "above"}}));
+        assert!(
+            has(&s, "mt"),
+            "{v:?}: deleting a parent freed the mirror's filter"
+        );
+        s.assert_graph_sound();
+        // The mirror completes; its filter goes with it.
+        s.ok(json!({"execute": "job-complete", "arguments": {"id": "m"}}));
+        assert!(!has(&s, "mt"), "{v:?}");
+        assert_eq!(s.core.machine().job_count(), 0, "{v:?}");
+        s.assert_graph_sound();
+    }
+}

@@ -5,7 +5,7 @@
 //! about names, ownership and lifetime. Errors are typed ([`GraphError`]);
 //! the command layer turns them into each profile's exact `desc` text.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::qmp::qobject::QDict;
 
@@ -293,6 +293,9 @@ pub struct Graph {
     /// Counter for generated names (`#block%03d` … QEMU counts every
     /// generated name, never reusing one).
     next_auto: u64,
+    /// Nodes running jobs hold a reference to (set by the machine): they
+    /// are not freed while held.
+    job_held: BTreeSet<NodeId>,
 }
 
 /// QEMU's `id_wellformed()`.
@@ -395,7 +398,7 @@ impl Graph {
         if !self.nodes[&id].monitor_owned {
             return Err(GraphError::NotMonitorOwned(name.to_owned()));
         }
-        if self.parent_of(id).is_some() {
+        if self.parent_of(id).is_some() || self.job_held.contains(&id) {
             return Err(GraphError::InUse(name.to_owned()));
         }
         self.remove_unreferenced(id);
@@ -506,7 +509,15 @@ impl Graph {
 
     /// Whether a parent node or a BlockBackend holds `id`.
     pub fn is_held(&self, id: NodeId) -> bool {
-        self.parent_of(id).is_some() || self.backends.iter().any(|(_, n)| *n == id)
+        self.parent_of(id).is_some()
+            || self.backends.iter().any(|(_, n)| *n == id)
+            || self.job_held.contains(&id)
+    }
+
+    /// The nodes running jobs hold (`block_job_add_bdrv()` takes a
+    /// reference): [`Graph::free_unused`] and deleting a parent keep them.
+    pub fn set_job_held(&mut self, held: BTreeSet<NodeId>) {
+        self.job_held = held;
     }
 
     /// Attaches a BlockBackend (an export or a device named `owner`).
@@ -748,7 +759,7 @@ impl Graph {
             n.bitmaps.retain(|b| b.owner != Some(id));
         }
         for (_, child) in node.children {
-            let held = self.parent_of(child).is_some();
+            let held = self.is_held(child);
             let owned = self.nodes.get(&child).is_some_and(|c| c.monitor_owned);
             if !held && !owned {
                 self.remove_unreferenced(child);

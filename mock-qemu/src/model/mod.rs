@@ -795,6 +795,8 @@ impl Machine {
     /// `job_clean()`: the job lets go of what it held — its filter node
     /// (with the bitmaps it owns), a user bitmap, a target it opened.
     fn clean_job(&mut self, job: &Job) {
+        // This job (concluded now) lets go of its nodes; others keep theirs.
+        self.hold_job_nodes();
         if let Some(f) = job.filter {
             // The filtered child: `file` (copy-on-read, copy-before-write)
             // or `backing` (mirror_top, commit_top, backup-top).
@@ -816,11 +818,17 @@ impl Machine {
         if let Some(t) = job.owned_target {
             self.graph.free_unused(t);
         }
+        // What only the job held goes now (a mirror's source after the
+        // pivot, a committed top).
+        for n in [Some(job.node), job.top, job.base].into_iter().flatten() {
+            self.graph.free_unused(n);
+        }
         self.graph_generation += 1;
     }
 
     /// The graph change a successful job makes when it finalizes.
     fn apply_job_result(&mut self, job: &Job) {
+        self.hold_job_nodes();
         match job.kind {
             jobs::JobKind::Backup | jobs::JobKind::Create => {
                 // The target gets the data; the graph does not change. A
@@ -945,7 +953,24 @@ impl Machine {
     /// The block node graph, for changes.
     pub fn graph_mut(&mut self) -> &mut Graph {
         self.graph_generation += 1;
+        self.hold_job_nodes();
         &mut self.graph
+    }
+
+    /// Tells the graph which nodes running jobs (not concluded yet) hold:
+    /// their node, top, base or target, filter and `drive-*` target.
+    fn hold_job_nodes(&mut self) {
+        let held = self
+            .jobs
+            .iter()
+            .filter(|j| j.status < JobStatus::Concluded)
+            .flat_map(|j| {
+                let node = (j.node != jobs::NO_NODE).then_some(j.node);
+                [node, j.top, j.base, j.filter, j.owned_target]
+            })
+            .flatten()
+            .collect();
+        self.graph.set_job_held(held);
     }
 
     /// Changes whenever the graph may have changed.
@@ -1045,6 +1070,7 @@ impl Machine {
     /// Graph and exports together (export changes touch both).
     pub fn graph_and_exports(&mut self) -> (&mut Graph, &mut exports::Exports) {
         self.graph_generation += 1;
+        self.hold_job_nodes();
         (&mut self.graph, &mut self.exports)
     }
 
