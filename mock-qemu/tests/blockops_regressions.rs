@@ -377,3 +377,44 @@ fn nodes_a_job_holds_are_not_freed_under_it() {
         s.assert_graph_sound();
     }
 }
+
+/// Finding 9: cancelling a job paused by the user (`paused`, or `standby`
+/// when ready) sent `BLOCK_JOB_CANCELLED` but left the job in its paused
+/// status (the table has no paused → aborting), so it never ended.
+/// `job_cancel_async()` resumes it: it returns to the status it paused in,
+/// then aborts.
+#[test]
+fn cancelling_a_paused_job_resumes_it_first() {
+    for v in [Version::V5_2, Version::V7_2, Version::V10_0] {
+        let mut s = Session::new(v);
+        for n in ["src", "t0", "t1"] {
+            s.null(n);
+        }
+        // A running job (backup, sync none) paused, then cancelled.
+        s.ok(json!({"execute": "blockdev-backup", "arguments": {
+            "job-id": "b", "device": "src", "target": "t0", "sync": "none"}}));
+        assert_eq!(
+            statuses(&s.ok(json!({"execute": "job-pause", "arguments": {"id": "b"}}))),
+            ["paused"]
+        );
+        let events = s.ok(json!({"execute": "job-cancel", "arguments": {"id": "b"}}));
+        assert_eq!(
+            statuses(&events),
+            ["running", "aborting", "concluded", "null"],
+            "{v:?}"
+        );
+        // A ready mirror paused (standby from 7.2 on), then cancelled.
+        s.ok(json!({"execute": "blockdev-mirror", "arguments": {
+            "job-id": "m", "device": "src", "target": "t1", "sync": "full"}}));
+        s.ok(json!({"execute": "job-pause", "arguments": {"id": "m"}}));
+        let events = s.ok(json!({"execute": "job-cancel", "arguments": {"id": "m"}}));
+        let want: &[&str] = if v < Version::V7_2 {
+            &["aborting", "concluded", "null"]
+        } else {
+            &["ready", "aborting", "concluded", "null"]
+        };
+        assert_eq!(statuses(&events), want, "{v:?}");
+        assert_eq!(s.core.machine().job_count(), 0, "{v:?}");
+        s.assert_graph_sound();
+    }
+}

@@ -717,6 +717,17 @@ impl Machine {
         let block = job.kind.is_block_job();
         // job->ret = -ECANCELED: query-jobs shows its text.
         job.error = Some("Operation canceled".to_owned());
+        // job_cancel_async() resumes a paused job: it leaves its pause
+        // point back in the status it paused in.
+        job.user_paused = false;
+        let resumed = match job.status {
+            JobStatus::Paused => Some(JobStatus::Running),
+            JobStatus::Standby => Some(JobStatus::Ready),
+            _ => None,
+        };
+        if let Some(back) = resumed {
+            let _ = self.set_status(id, back, after_reply);
+        }
         let _ = self.set_status(id, JobStatus::Aborting, after_reply);
         if block {
             self.emit_at(cancelled, after_reply);
