@@ -7,10 +7,54 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use mock_qemu::core::{Core, CoreConfig, SessionId};
+use mock_qemu::host::{HostIo, NbdListen, PublishedExport, RealHostIo};
+use mock_qemu::image::ImageError;
 use mock_qemu::model::graph::NodeId;
+use mock_qemu::model::graph::{FileFacts, Qcow2Facts};
 use mock_qemu::profile::{Flavor, Profile, Version};
 use mock_qemu::qmp::json::{JsonStreamer, Parsed};
 use serde_json::{json, Value};
+
+/// Image files on disk (`RealHostIo`), the NBD server pretended (no
+/// runtime here), as the fuzz targets' host does.
+#[derive(Debug, Default)]
+struct FilesOnly(RealHostIo);
+
+impl HostIo for FilesOnly {
+    fn open_file(&mut self, f: &str) -> Result<FileFacts, ImageError> {
+        self.0.open_file(f)
+    }
+    fn read_qcow2(&mut self, f: &str) -> Result<Qcow2Facts, ImageError> {
+        self.0.read_qcow2(f)
+    }
+    fn create_qcow2(
+        &mut self,
+        f: &str,
+        size: u64,
+        backing: Option<(&str, &str)>,
+    ) -> Result<(), ImageError> {
+        self.0.create_qcow2(f, size, backing)
+    }
+    fn set_qcow2_backing(
+        &mut self,
+        f: &str,
+        backing: Option<(&str, &str)>,
+    ) -> Result<(), ImageError> {
+        self.0.set_qcow2_backing(f, backing)
+    }
+    fn qcow2_mark_zero(&mut self, f: &str) -> Result<(), ImageError> {
+        self.0.qcow2_mark_zero(f)
+    }
+    fn create_file(&mut self, f: &str, size: u64) -> Result<(), ImageError> {
+        self.0.create_file(f, size)
+    }
+    fn nbd_start(&mut self, _addr: &NbdListen, _max: u32) -> Result<(), String> {
+        Ok(())
+    }
+    fn nbd_stop(&mut self) {}
+    fn nbd_publish(&mut self, _export: PublishedExport) {}
+    fn nbd_unpublish(&mut self, _name: &str) {}
+}
 
 struct Session {
     core: Core,
@@ -21,7 +65,7 @@ impl Session {
     fn new(version: Version) -> Session {
         let profile = Profile::get(version, Flavor::Qsd).unwrap();
         let mut core = Core::new(Arc::clone(&profile), &CoreConfig::default());
-        core.set_host_io(Box::new(mock_qemu::host::RealHostIo::default()));
+        core.set_host_io(Box::new(FilesOnly::default()));
         let (sid, _) = core.open_session();
         let mut s = Session { core, sid };
         s.ok(json!({"execute": "qmp_capabilities"}));
@@ -415,6 +459,54 @@ fn cancelling_a_paused_job_resumes_it_first() {
         };
         assert_eq!(statuses(&events), want, "{v:?}");
         assert_eq!(s.core.machine().job_count(), 0, "{v:?}");
+        s.assert_graph_sound();
+    }
+}
+
+/// Finding 10: an export stayed on the node it was added on while its
+/// BlockBackend moved with the graph (a job's filter taking the node's
+/// parents, the filter dropped when the job ended, a mirror's pivot): an
+/// export added on a job's filter then named a node that no longer
+/// existed. `query-block-exports` shows the node the export's BlockBackend
+/// is on (`blk_bs(exp->blk)`; main reads it from the backend meanwhile),
+/// and the model's export record says the same.
+#[test]
+fn exports_follow_their_block_backend() {
+    let export_node = |s: &mut Session| {
+        let (_, r) = s.cmd(json!({"execute": "query-block-exports"}));
+        let name = r["return"][0]["node-name"].as_str().unwrap().to_owned();
+        let m = s.core.machine();
+        let record = m.exports().newest_first().next().map(|e| e.node);
+        assert_eq!(record, m.graph().find(&name), "the export record of {name}");
+        name
+    };
+    for v in [Version::V5_2, Version::V7_2, Version::V10_0] {
+        let mut s = Session::new(v);
+        for n in ["s0", "d0", "s1", "d1"] {
+            s.null(n);
+        }
+        s.ok(json!({"execute": "nbd-server-start", "arguments": {
+            "addr": {"type": "unix", "data": {"path": "/nonexistent/nbd.sock"}}}}));
+        // On a job's filter: on the filtered node once the job is gone.
+        s.ok(json!({"execute": "blockdev-mirror", "arguments": {
+            "job-id": "m0", "device": "s0", "target": "d0", "sync": "full",
+            "filter-node-name": "f0"}}));
+        s.ok(json!({"execute": "block-export-add", "arguments": {
+            "type": "nbd", "id": "e0", "node-name": "f0"}}));
+        assert_eq!(export_node(&mut s), "f0");
+        s.ok(json!({"execute": "job-cancel", "arguments": {"id": "m0"}}));
+        assert_eq!(export_node(&mut s), "s0", "{v:?}");
+        s.ok(json!({"execute": "block-export-del", "arguments": {"id": "e0"}}));
+        // On a mirror's source: on its filter while it runs, on the target
+        // after the pivot.
+        s.ok(json!({"execute": "block-export-add", "arguments": {
+            "type": "nbd", "id": "e1", "node-name": "s1"}}));
+        s.ok(json!({"execute": "blockdev-mirror", "arguments": {
+            "job-id": "m1", "device": "s1", "target": "d1", "sync": "full",
+            "filter-node-name": "f1"}}));
+        assert_eq!(export_node(&mut s), "f1", "{v:?}");
+        s.ok(json!({"execute": "job-complete", "arguments": {"id": "m1"}}));
+        assert_eq!(export_node(&mut s), "d1", "{v:?}");
         s.assert_graph_sound();
     }
 }

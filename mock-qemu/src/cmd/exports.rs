@@ -124,7 +124,7 @@ impl NbdServerStop {
 
 /// The BlockBackend owner name of an export.
 fn export_owner(id: &str) -> String {
-    format!("export:{id}")
+    crate::model::exports::backend_owner(id)
 }
 
 /// The node an export's BlockBackend is attached to now (it follows

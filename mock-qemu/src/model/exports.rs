@@ -20,6 +20,11 @@ pub struct Export {
     pub bitmaps: Vec<(NodeId, String)>,
 }
 
+/// The owner name of an export's BlockBackend in the graph.
+pub fn backend_owner(id: &str) -> String {
+    format!("export:{id}")
+}
+
 /// The NBD server (at most one) and every export.
 #[derive(Debug, Default)]
 pub struct Exports {
@@ -53,6 +58,16 @@ impl Exports {
     pub fn remove(&mut self, id: &str) -> Option<Export> {
         let pos = self.list.iter().position(|e| e.id == id)?;
         Some(self.list.remove(pos))
+    }
+
+    /// Each export is on the node its BlockBackend is on now (graph
+    /// changes such as a job's filter or a mirror's pivot move it).
+    pub fn follow_backends<'a>(&mut self, backends: impl Iterator<Item = (&'a str, NodeId)>) {
+        for (owner, node) in backends {
+            if let Some(e) = self.list.iter_mut().find(|e| backend_owner(&e.id) == owner) {
+                e.node = node;
+            }
+        }
     }
 
     /// Removes every export (the server stopped), oldest first.

@@ -517,6 +517,13 @@ impl Machine {
     /// Moves every job that can move: cancelled ones, failed ones, and
     /// running ones whose work is done (all of it, in instant mode).
     fn move_jobs(&mut self, after_reply: bool) {
+        self.move_jobs_inner(after_reply);
+        // Exports follow their BlockBackends, which job filters and
+        // pivots moved.
+        self.exports.follow_backends(self.graph.backends());
+    }
+
+    fn move_jobs_inner(&mut self, after_reply: bool) {
         let instant = self.stepped.is_none();
         let movable: Vec<String> = self
             .jobs
