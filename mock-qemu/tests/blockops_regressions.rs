@@ -63,8 +63,21 @@ struct Session {
 
 impl Session {
     fn new(version: Version) -> Session {
+        Session::with(version, CoreConfig::default())
+    }
+
+    /// Stepped job mode at 1 GiB/s.
+    fn stepped(version: Version) -> Session {
+        let config = CoreConfig {
+            stepped_jobs: Some(1 << 30),
+            ..CoreConfig::default()
+        };
+        Session::with(version, config)
+    }
+
+    fn with(version: Version, config: CoreConfig) -> Session {
         let profile = Profile::get(version, Flavor::Qsd).unwrap();
-        let mut core = Core::new(Arc::clone(&profile), &CoreConfig::default());
+        let mut core = Core::new(Arc::clone(&profile), &config);
         core.set_host_io(Box::new(FilesOnly::default()));
         let (sid, _) = core.open_session();
         let mut s = Session { core, sid };
@@ -508,5 +521,32 @@ fn exports_follow_their_block_backend() {
         s.ok(json!({"execute": "job-complete", "arguments": {"id": "m1"}}));
         assert_eq!(export_node(&mut s), "d1", "{v:?}");
         s.assert_graph_sound();
+    }
+}
+
+/// Finding 15 (in main's new rate limit): with a speed under 10 bytes per
+/// second the quota of a 100 ms slice rounded down to 0, and the job never
+/// progressed however far time advanced (property 5). QEMU's
+/// `ratelimit_set_speed()` gives a slice at least one byte.
+#[test]
+fn a_tiny_speed_still_moves_a_byte_per_slice() {
+    for v in [Version::V5_2, Version::V7_2, Version::V10_0] {
+        let mut s = Session::stepped(v);
+        for n in ["src", "dst"] {
+            s.ok(json!({"execute": "blockdev-add", "arguments": {
+                "driver": "null-co", "node-name": n, "size": 1024}}));
+        }
+        s.ok(json!({"execute": "blockdev-mirror", "arguments": {
+            "job-id": "m", "device": "src", "target": "dst", "sync": "full",
+            "speed": 1}}));
+        let advance = |s: &mut Session, us: u64| {
+            s.ok(json!({"execute": "x-mock-clock-advance",
+                "arguments": {"microseconds": us}}))
+        };
+        assert!(advance(&mut s, 1_000_000).is_empty());
+        let offset = s.core.machine().job("m").map(|j| j.offset);
+        assert_eq!(offset, Some(10), "{v:?}: ten slices of one byte");
+        let events = advance(&mut s, 101_400_000);
+        assert_eq!(statuses(&events), ["ready"], "{v:?}");
     }
 }

@@ -319,10 +319,11 @@ impl Machine {
         {
             let done = if job.speed > 0 {
                 // QEMU's rate limit: `speed` per second in slices of
-                // 100 ms; the quota of a slice is spent when it ends.
+                // 100 ms; the quota of a slice is spent when it ends, and
+                // is at least one byte (ratelimit_set_speed()).
                 let total = job.slice_us + micros;
                 job.slice_us = total % SLICE_US;
-                u128::from(total / SLICE_US) * u128::from(job.speed / 10)
+                u128::from(total / SLICE_US) * u128::from((job.speed / 10).max(1))
             } else {
                 u128::from(throughput) * u128::from(micros) / 1_000_000
             };
