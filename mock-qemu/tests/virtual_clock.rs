@@ -73,13 +73,17 @@ const MIB: u64 = 1 << 20;
 #[test]
 fn a_speed_limited_job_advances_with_the_virtual_clock() {
     let mut s = Session::new(Some(1 << 30));
-    s.cmd(json!({"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "n", "size": 1000 * MIB}}));
-    let (ev, r) = s.cmd(json!({"execute": "block-stream", "arguments": {"job-id": "j", "device": "n", "speed": 100 * MIB}}));
+    // A backup copies the whole node (a stream of a node without a backing
+    // file would have nothing to do).
+    for n in ["n", "t"] {
+        s.cmd(json!({"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": n, "size": 1000 * MIB}}));
+    }
+    let (ev, r) = s.cmd(json!({"execute": "blockdev-backup", "arguments": {"job-id": "j", "device": "n", "target": "t", "sync": "full", "speed": 100 * MIB}}));
     assert_eq!(r, json!({"return": {}}));
     assert_eq!(
         Session::statuses(&ev),
-        ["created", "running"],
-        "nothing more until time passes"
+        ["created", "running", "paused", "running"],
+        "the start and its drain pair, nothing more until time passes"
     );
     assert_eq!(s.progress(), 0);
     // The rate limit works in slices of 100 ms (10 MiB each here).
