@@ -428,9 +428,13 @@ impl Machine {
     }
 
     /// An action failed: the jobs created so far go away unstarted.
+    /// They abort unstarted: aborting, concluded, null (no CANCELLED
+    /// event; recorded in transaction/aborted-with-backup).
     pub fn abort_transaction(&mut self) {
         for id in self.deferred.take().unwrap_or_default() {
-            let _ = self.set_status(&id, JobStatus::Null, false);
+            for to in [JobStatus::Aborting, JobStatus::Concluded, JobStatus::Null] {
+                let _ = self.set_status(&id, to, false);
+            }
         }
     }
 
