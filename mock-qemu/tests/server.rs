@@ -1115,3 +1115,66 @@ fn scaled_real_time_moves_jobs_with_the_wall_clock() {
         }
     }
 }
+
+/// Images whose headers name each other as backing files: real QEMU 10.0
+/// recurses without end on blockdev-add (it spins and grows until killed);
+/// the mock answers with its own error instead of hanging (found by the
+/// blockops fuzz target, regression input implicit-backing-chain-loops).
+#[test]
+fn a_backing_chain_that_loops_is_refused_not_followed_forever() {
+    let p = mock(Flavor::Qsd);
+    let (vm, sock) = qsd(&p);
+    let s = |n: &str| vm.path(n).display().to_string();
+    assert!(
+        run_tool(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", &s("a.qcow2"), "1M"]
+        )
+        .0
+    );
+    assert!(
+        run_tool(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                &s("a.qcow2"),
+                "-F",
+                "qcow2",
+                &s("b.qcow2"),
+                "1M"
+            ]
+        )
+        .0
+    );
+    assert!(
+        run_tool(
+            "qemu-img",
+            &[
+                "rebase",
+                "-q",
+                "-u",
+                "-b",
+                &s("b.qcow2"),
+                "-F",
+                "qcow2",
+                &s("a.qcow2")
+            ]
+        )
+        .0
+    );
+    let mut c = Client::connect(&sock);
+    c.negotiate();
+    let (_, r) = c.cmd(json!({"execute": "blockdev-add", "arguments": {"driver": "qcow2",
+        "node-name": "a", "read-only": true, "file": {"driver": "file", "filename": s("a.qcow2")}}}));
+    let desc = r["error"]["desc"].as_str().unwrap_or_default();
+    assert!(
+        desc.contains("mock-qemu: the backing chain loops back to"),
+        "{r}"
+    );
+    let (_, r) = c.cmd(json!({"execute": "query-named-block-nodes"}));
+    assert_eq!(r["return"], json!([]), "nothing of the failed add is left");
+}

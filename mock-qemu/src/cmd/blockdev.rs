@@ -120,7 +120,12 @@ impl Inherited {
 pub(super) struct Opener<'c, 'a> {
     ctx: &'c mut Context<'a>,
     created: Vec<NodeId>,
+    /// Backing files being opened from image headers, outermost first.
+    backing_files: Vec<String>,
 }
+
+/// Implicit backing chains deeper than this are refused (a mock limit).
+const MAX_IMPLICIT_CHAIN: usize = 1000;
 
 impl Opener<'_, '_> {
     fn unsupported(&self, driver: &str) -> QmpError {
@@ -282,6 +287,7 @@ impl Opener<'_, '_> {
         Opener {
             ctx,
             created: Vec::new(),
+            backing_files: Vec::new(),
         }
     }
 
@@ -483,6 +489,15 @@ impl Opener<'_, '_> {
         format: Option<&str>,
         inherit: Inherited,
     ) -> Result<NodeId, QmpError> {
+        // Real QEMU recurses without end on a chain that loops back (10.0
+        // spins and grows until killed); the mock refuses it instead.
+        if self.backing_files.iter().any(|p| p == path)
+            || self.backing_files.len() >= MAX_IMPLICIT_CHAIN
+        {
+            return Err(QmpError::generic(format!(
+                "mock-qemu: the backing chain loops back to '{path}' (or is deeper than {MAX_IMPLICIT_CHAIN}); real QEMU would not return"
+            )));
+        }
         let mut file = QDict::new();
         file.put("driver", "file");
         file.put("filename", path);
@@ -497,8 +512,12 @@ impl Opener<'_, '_> {
         def.put("driver", format);
         def.put("file", file);
         let v = self.ctx.profile.version();
-        self.open_inherit(&def, inherit, false)
-            .map_err(|e| backing_error(v, e))
+        self.backing_files.push(path.to_owned());
+        let r = self
+            .open_inherit(&def, inherit, false)
+            .map_err(|e| backing_error(v, e));
+        self.backing_files.pop();
+        r
     }
 }
 
