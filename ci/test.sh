@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 
 eval "$(bash ci/fetch-qemu.sh | grep -E '^QEMU_[A-Z0-9_]+=' | sed 's/^/export /')"
 export QMP_CONFORM_REAL=1
+# Test threads get 8 MiB stacks (the default is 2 MiB): whole-scenario play
+# futures are deep in debug builds, and a suite-wide test once overflowed.
+export RUST_MIN_STACK=${RUST_MIN_STACK:-8388608}
 
 # Python qemu.qmp for the client checks (conformance/tests/client.rs runs
 # `qmp-conform client` against it), in a venv cached under .cache/.

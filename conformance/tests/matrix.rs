@@ -68,8 +68,25 @@ fn assert_same_except(expected: &Table, actual: &Table, what: &str, excused: &[S
     );
 }
 
+/// Runs a test body on a thread with a large stack: a whole suite's play
+/// futures are deep in debug builds (the default 2 MiB test thread
+/// overflowed in CI once the suites grew).
+fn on_big_stack(body: fn()) {
+    let t = std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(body)
+        .expect("spawning the test thread");
+    if let Err(p) = t.join() {
+        std::panic::resume_unwind(p);
+    }
+}
+
 #[test]
 fn the_mock_shows_the_same_differences() {
+    on_big_stack(the_mock_shows_the_same_differences_body);
+}
+
+fn the_mock_shows_the_same_differences_body() {
     let fixtures = suite::fixtures_dir();
     let scenarios = suite::scenarios(&fixtures).expect("scenarios");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -132,6 +149,10 @@ fn real_binary(version: Version) -> Option<PathBuf> {
 
 #[test]
 fn a_live_run_of_real_qemu_gives_the_goldens_table() {
+    on_big_stack(a_live_run_body);
+}
+
+fn a_live_run_body() {
     let (expected, versions) = goldens_table(Flavor::Qsd);
     let builds: Vec<(Version, PathBuf)> = versions
         .iter()
