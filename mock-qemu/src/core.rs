@@ -166,6 +166,7 @@ impl Core {
             node: node.to_owned(),
             operation,
             error: crate::image::strerror(&std::io::Error::from_raw_os_error(errno)),
+            nospace: errno == libc::ENOSPC,
             at,
             once,
         });

@@ -141,21 +141,13 @@ impl Backup {
             "full" | "none" => src_size,
             _ => 0,
         };
-        let fault = super::jobs::job_fault(ctx, src, Some(dst), len);
-        let enospc = fault
-            .as_ref()
-            .is_some_and(|f| f.error == "No space left on device");
+        let (fault, on_source_error, on_target_error) =
+            super::jobs::fault_and_actions(ctx, a, src, dst, len);
         let job = Job {
             base: Some(dst),
             fault,
-            on_source_error: crate::model::jobs::ErrorAction::parse(
-                a.get_str("on-source-error"),
-                enospc,
-            ),
-            on_target_error: crate::model::jobs::ErrorAction::parse(
-                a.get_str("on-target-error"),
-                enospc,
-            ),
+            on_source_error,
+            on_target_error,
             until_cancelled: sync == "none",
             owned_target: self.drive.then_some(dst),
             user_bitmap: user_bitmap.as_ref().map(|(n, b, _)| (*n, b.clone())),

@@ -148,8 +148,7 @@ pub(super) fn source_fault(
     let graph = ctx.machine.graph();
     let mut rule = None;
     let mut image = None;
-    let mut cur = Some(src);
-    while let Some(id) = cur {
+    for id in read_path(graph, src) {
         let n = graph.node(id)?;
         if n.driver == "blkdebug" {
             let o = &n.strong_options;
@@ -170,13 +169,7 @@ pub(super) fn source_fault(
         }
         if let Some(f) = &n.file {
             image = Some(f.filename.clone());
-            break;
         }
-        cur = n
-            .children
-            .iter()
-            .find(|(r, _)| r == "file" || r == "image")
-            .map(|(_, c)| *c);
     }
     let (errno, once) = rule?;
     let (bytes, first) = ctx.host.qcow2_allocation(&image?).ok()?;
@@ -187,6 +180,7 @@ pub(super) fn source_fault(
     Some(crate::model::jobs::Fault {
         operation: "read",
         error: crate::image::strerror(&std::io::Error::from_raw_os_error(errno)),
+        nospace: errno == libc::ENOSPC,
         at: if ctx.profile.version() < crate::profile::Version::V7_2 {
             first.unwrap_or(0)
         } else {
@@ -198,11 +192,14 @@ pub(super) fn source_fault(
 
 /// The nodes a job reads through from `id` (itself, then its `file` /
 /// `image` children down to the protocol node).
-fn read_path(graph: &crate::model::graph::Graph, id: crate::model::graph::NodeId) -> Vec<String> {
+fn read_path(
+    graph: &crate::model::graph::Graph,
+    id: crate::model::graph::NodeId,
+) -> Vec<crate::model::graph::NodeId> {
     let mut out = Vec::new();
     let mut cur = Some(id);
-    while let Some(n) = cur.and_then(|c| graph.node(c)) {
-        out.push(n.name.clone());
+    while let Some((c, n)) = cur.and_then(|c| Some((c, graph.node(c)?))) {
+        out.push(c);
         cur = n
             .children
             .iter()
@@ -225,8 +222,14 @@ pub(super) fn job_fault(
         return Some(f);
     }
     let graph = ctx.machine.graph();
-    let reads = read_path(graph, src);
-    let writes = dst.map(|d| read_path(graph, d)).unwrap_or_default();
+    let names = |id| {
+        read_path(graph, id)
+            .into_iter()
+            .filter_map(|n| graph.node(n).map(|n| n.name.clone()))
+            .collect::<Vec<_>>()
+    };
+    let reads = names(src);
+    let writes = dst.map(names).unwrap_or_default();
     ctx.machine
         .injected_faults()
         .iter()
@@ -237,9 +240,30 @@ pub(super) fn job_fault(
         .map(|f| crate::model::jobs::Fault {
             operation: f.operation,
             error: f.error.clone(),
+            nospace: f.nospace,
             at: f.at.min(len),
             once: f.once,
         })
+}
+
+/// What a copying job (mirror, backup) gets from its arguments and the
+/// graph about errors: the fault it will meet, and its `on-source-error`
+/// and `on-target-error` actions (`enospc` stops only on ENOSPC).
+pub(super) fn fault_and_actions(
+    ctx: &mut Context<'_>,
+    args: &QDict,
+    src: crate::model::graph::NodeId,
+    dst: crate::model::graph::NodeId,
+    len: u64,
+) -> (
+    Option<crate::model::jobs::Fault>,
+    crate::model::jobs::ErrorAction,
+    crate::model::jobs::ErrorAction,
+) {
+    let fault = job_fault(ctx, src, Some(dst), len);
+    let nospace = fault.as_ref().is_some_and(|f| f.nospace);
+    let action = |k: &str| crate::model::jobs::ErrorAction::parse(args.get_str(k), nospace);
+    (fault, action("on-source-error"), action("on-target-error"))
 }
 
 /// A node named by argument `key` (a node name or a device name).

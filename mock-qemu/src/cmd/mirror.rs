@@ -101,16 +101,13 @@ impl Mirror {
                 .clamp(4096, 1 << 16)
         };
         let len = if zeroed { 0 } else { src_size };
-        let fault = super::jobs::job_fault(ctx, src, Some(dst), len);
-        let enospc = fault
-            .as_ref()
-            .is_some_and(|f| f.error == "No space left on device");
-        let parse = |k: &str| crate::model::jobs::ErrorAction::parse(a.get_str(k), enospc);
+        let (fault, on_source_error, on_target_error) =
+            super::jobs::fault_and_actions(ctx, a, src, dst, len);
         let job = Job {
             base: Some(dst),
             fault,
-            on_source_error: parse("on-source-error"),
-            on_target_error: parse("on-target-error"),
+            on_source_error,
+            on_target_error,
             waits_for_complete: true,
             write_blocking: a.get_str("copy-mode") == Some("write-blocking"),
             owned_target: self.drive.then_some(dst),

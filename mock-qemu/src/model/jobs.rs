@@ -261,6 +261,8 @@ pub struct Fault {
     pub operation: &'static str,
     /// The error text (`strerror`).
     pub error: String,
+    /// It is ENOSPC (io-status `nospace`; `enospc` actions stop on it).
+    pub nospace: bool,
     /// Progress (`offset`) when the job meets it.
     pub at: u64,
     /// The rule fires once (blkdebug `once`).

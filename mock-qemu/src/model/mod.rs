@@ -134,6 +134,8 @@ pub struct InjectedFault {
     pub operation: &'static str,
     /// The error text (`strerror` of EIO or ENOSPC).
     pub error: String,
+    /// It is ENOSPC (`on-*-error: enospc` stops on it).
+    pub nospace: bool,
     /// Progress (bytes) at which a job meets it.
     pub at: u64,
     /// Fires once, then the node works again.
@@ -669,11 +671,7 @@ impl Machine {
         match action {
             jobs::ErrorAction::Stop => {
                 job.user_paused = true;
-                job.io_status = if fault.error == "No space left on device" {
-                    "nospace"
-                } else {
-                    "failed"
-                };
+                job.io_status = if fault.nospace { "nospace" } else { "failed" };
                 self.emit_at(event, after_reply);
                 let _ = self.set_status(id, JobStatus::Paused, after_reply);
             }
