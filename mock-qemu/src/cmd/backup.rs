@@ -158,9 +158,11 @@ impl Backup {
         super::jobs::check_filter_name(ctx, a.get_str("filter-node-name"))?;
         let reply = super::jobs::start(ctx, a, job)?;
         let (driver, children) = if v < Version::V7_2 {
+            // backup-top attaches its target first, then the source as
+            // its backing (bdrv_append); edges list in attach order.
             (
                 "backup-top",
-                vec![("backing".to_owned(), src), ("target".to_owned(), dst)],
+                vec![("target".to_owned(), dst), ("backing".to_owned(), src)],
             )
         } else {
             (

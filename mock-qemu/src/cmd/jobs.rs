@@ -89,11 +89,14 @@ pub(super) fn insert_filter(
     takes_parents: bool,
 ) -> Result<crate::model::graph::NodeId, QmpError> {
     let v = ctx.profile.version();
-    let size = children
-        .first()
-        .and_then(|(_, c)| ctx.machine.graph().node(*c))
+    // The filtered child (the source): any but a copy filter's target.
+    let source = children
+        .iter()
+        .find(|(r, _)| r != "target")
+        .map(|(_, c)| *c);
+    let size = source
+        .and_then(|c| ctx.machine.graph().node(c))
         .map_or(0, |n| n.size);
-    let source = children.first().map(|(_, c)| *c);
     let mut node = super::blockdev::common(driver, &QDict::new(), false);
     node.size = size;
     node.children = children;

@@ -7,6 +7,7 @@
 mod backup;
 mod bitmaps;
 mod blockdev;
+mod blockgraph;
 mod commit;
 mod control;
 mod create;
@@ -92,6 +93,7 @@ pub fn execute(
         "blockdev-add" => blockdev::BlockdevAdd::new(dict(&args)).apply(ctx),
         "blockdev-del" => blockdev::BlockdevDel::new(&dict(&args)).apply(ctx),
         "query-block" => blockdev::QueryBlock.apply(ctx),
+        "x-debug-query-block-graph" => blockgraph::XDebugQueryBlockGraph.apply(ctx),
         "query-named-block-nodes" => blockdev::QueryNamedBlockNodes::new(&dict(&args)).apply(ctx),
         "blockdev-snapshot-sync" => snapshot::BlockdevSnapshotSync::new(dict(&args)).apply(ctx),
         "blockdev-snapshot" => snapshot::BlockdevSnapshot::new(&dict(&args)).apply(ctx),

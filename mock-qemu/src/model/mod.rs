@@ -9,6 +9,7 @@ pub mod exports;
 pub mod graph;
 pub mod jobs;
 pub mod objects;
+pub mod perms;
 
 use clock::{VirtualClock, VirtualTime};
 use graph::{Graph, NodeId};
@@ -994,6 +995,161 @@ impl Machine {
         self.graph.set_job_held(held);
     }
 
+    /// Every user of the graph that is not a node, with the permissions
+    /// it takes: the exports' BlockBackends, then the ones jobs open, in
+    /// creation order; and each block job (newest first) with the nodes it
+    /// holds (`block_job_add_bdrv`). In 5.2 a job also has a BlockBackend
+    /// of its own on its main node (`job->blk`), which carries the
+    /// permissions later versions put on the `main node` edge.
+    pub fn block_users(&self, v: crate::profile::Version) -> perms::Users {
+        use perms::{all, Backend, JobUse, Perms, PERM_GRAPH_MOD, PERM_WRITE_UNCHANGED};
+        const R: u8 = graph::PERM_READ;
+        const W: u8 = graph::PERM_WRITE;
+        const U: u8 = PERM_WRITE_UNCHANGED;
+        const Z: u8 = graph::PERM_RESIZE;
+        const G: u8 = PERM_GRAPH_MOD;
+        let legacy = v < crate::profile::Version::V7_2;
+        let p = |perm: u8, shared: u8| Perms {
+            perm: perm & all(v),
+            shared: shared & all(v),
+        };
+        let inert = Perms::inert(v);
+        let mut users = perms::Users::default();
+        for (owner, node) in self.graph.backends() {
+            let writable = self
+                .exports
+                .newest_first()
+                .any(|e| e.writable && exports::backend_owner(&e.id) == owner);
+            users.backends.push(Backend {
+                owner: owner.to_owned(),
+                node,
+                perms: perms::export_root(writable, v),
+            });
+        }
+        let size = |n: NodeId| self.graph.node(n).map_or(0, |n| n.size);
+        // The nodes strictly between `from`'s backing file and `to`.
+        let between = |from: NodeId, to: Option<NodeId>| {
+            let mut out = Vec::new();
+            let mut cur = self.graph.child(from, "backing");
+            while let Some(n) = cur.filter(|n| Some(*n) != to) {
+                if out.contains(&n) || out.len() > self.graph.len() {
+                    break;
+                }
+                out.push(n);
+                cur = self.graph.child(n, "backing");
+            }
+            out
+        };
+        let mut jobs = Vec::new();
+        for j in self
+            .jobs
+            .iter()
+            .filter(|j| j.kind.is_block_job() && j.status < JobStatus::Concluded)
+        {
+            let owner = format!("job:{}", j.id);
+            let mut blks: Vec<(NodeId, Perms)> = Vec::new();
+            let mut edges: Vec<(String, NodeId, Perms)> = Vec::new();
+            let active_commit = j.kind == jobs::JobKind::Commit && j.top == Some(j.node);
+            let (main, main_perms) = match j.kind {
+                jobs::JobKind::Mirror => (j.filter.unwrap_or(j.node), p(R, R | U | W | G)),
+                jobs::JobKind::Commit if active_commit => {
+                    (j.filter.unwrap_or(j.node), p(R, R | U | W | G))
+                }
+                jobs::JobKind::Stream if legacy => (j.node, p(R | U | G, R | U | W)),
+                jobs::JobKind::Stream | jobs::JobKind::Backup => {
+                    (j.filter.unwrap_or(j.node), inert)
+                }
+                _ => (j.node, inert),
+            };
+            if legacy {
+                blks.push((main, main_perms));
+                edges.push(("main node".into(), main, inert));
+            } else {
+                edges.push(("main node".into(), main, main_perms));
+            }
+            match j.kind {
+                jobs::JobKind::Mirror | jobs::JobKind::Commit
+                    if active_commit || j.kind == jobs::JobKind::Mirror =>
+                {
+                    if let Some(target) = j.base {
+                        // mirror_start_job(): a target in the source's
+                        // backing chain (active commit) is shared for
+                        // reading and writing, and what lies between is held.
+                        let target_is_backing = chain_has(&self.graph, j.node, target);
+                        let mut tp = W;
+                        let mut ts = U;
+                        if target_is_backing {
+                            if size(j.node) > size(target) {
+                                tp |= Z;
+                            }
+                            ts |= R | W | G;
+                        }
+                        blks.push((target, p(tp, ts)));
+                        edges.push(("source".into(), j.node, p(0, R | U | W)));
+                        edges.push(("target".into(), target, inert));
+                        if target_is_backing {
+                            for n in between(j.node, Some(target)) {
+                                edges.push(("intermediate node".into(), n, p(0, U | W)));
+                            }
+                        }
+                    }
+                }
+                jobs::JobKind::Commit => {
+                    if let (Some(top), Some(base)) = (j.top, j.base) {
+                    let bp = R | W | if size(base) < size(top) { Z } else { 0 };
+                    blks.push((base, p(bp, R | U | G)));
+                    blks.push((top, inert));
+                    let mut cur = Some(top);
+                    let mut seen = 0;
+                    while let Some(n) = cur.filter(|n| *n != base) {
+                        if Some(n) != j.filter {
+                            edges.push(("intermediate node".into(), n, p(0, U | W)));
+                        }
+                        seen += 1;
+                        if seen > self.graph.len() {
+                            break;
+                        }
+                        cur = self.graph.child(n, "backing");
+                    }
+                    edges.push(("base".into(), base, inert));
+                    }
+                }
+                jobs::JobKind::Stream => {
+                    if !legacy {
+                        if let Some(f) = j.filter {
+                            blks.push((f, p(R, R | U | W)));
+                        }
+                        edges.push(("active node".into(), j.node, p(0, R | U | W)));
+                    }
+                    for n in between(j.node, j.base) {
+                        edges.push(("intermediate node".into(), n, p(0, R | U)));
+                    }
+                }
+                jobs::JobKind::Backup => {
+                    if let Some(t) = j.base {
+                        edges.push(("target".into(), t, inert));
+                    }
+                }
+                jobs::JobKind::Mirror | jobs::JobKind::Create => {}
+            }
+            if active_commit {
+                users.commit_mirror_tops.extend(j.filter);
+            }
+            users.backends.extend(blks.into_iter().map(|(node, perms)| Backend {
+                owner: owner.clone(),
+                node,
+                perms,
+            }));
+            jobs.push(JobUse {
+                id: j.id.clone(),
+                edges,
+            });
+        }
+        jobs.reverse();
+        users.jobs = jobs;
+        users
+    }
+
     /// Changes whenever the graph may have changed.
     pub fn graph_generation(&self) -> u64 {
         self.graph_generation
@@ -1099,4 +1255,21 @@ impl Machine {
     pub fn take_events(&mut self) -> Vec<Stamped> {
         std::mem::take(&mut self.outbox)
     }
+}
+
+/// Whether `target` is in `from`'s backing chain (below it).
+fn chain_has(g: &Graph, from: NodeId, target: NodeId) -> bool {
+    let mut cur = g.child(from, "backing");
+    let mut steps = 0;
+    while let Some(n) = cur {
+        if n == target {
+            return true;
+        }
+        steps += 1;
+        if steps > g.len() {
+            return false;
+        }
+        cur = g.child(n, "backing");
+    }
+    false
 }
