@@ -296,6 +296,11 @@ pub struct Graph {
     /// Nodes running jobs hold a reference to (set by the machine): they
     /// are not freed while held.
     job_held: BTreeSet<NodeId>,
+    /// When each BlockBackend was made, by owner: QEMU lists BlockBackends
+    /// in creation order, exports' and jobs' interleaved.
+    backend_born: BTreeMap<String, u64>,
+    /// Counter for [`Graph::claim_backend_seq`].
+    next_backend_seq: u64,
 }
 
 /// QEMU's `id_wellformed()`.
@@ -523,6 +528,21 @@ impl Graph {
     /// Attaches a BlockBackend (an export or a device named `owner`).
     pub fn attach_backend(&mut self, owner: &str, id: NodeId) {
         self.backends.push((owner.to_owned(), id));
+        let seq = self.claim_backend_seq();
+        self.backend_born.insert(owner.to_owned(), seq);
+    }
+
+    /// A place in the creation order of BlockBackends (a job's own are
+    /// made when it is created).
+    pub fn claim_backend_seq(&mut self) -> u64 {
+        let seq = self.next_backend_seq;
+        self.next_backend_seq += 1;
+        seq
+    }
+
+    /// When `owner`'s BlockBackend was made (see [`Graph::claim_backend_seq`]).
+    pub fn backend_seq(&self, owner: &str) -> u64 {
+        self.backend_born.get(owner).copied().unwrap_or(0)
     }
 
     /// Every BlockBackend: (owner, node).
@@ -533,6 +553,7 @@ impl Graph {
     /// Detaches `owner`'s BlockBackend.
     pub fn detach_backend(&mut self, owner: &str) {
         self.backends.retain(|(o, _)| o != owner);
+        self.backend_born.remove(owner);
     }
 
     /// Frees a node no parent holds and that the monitor does not own,
@@ -716,9 +737,10 @@ impl Graph {
     /// Puts back a copy taken earlier (a failed transaction), keeping the
     /// generated-name counter where it is, as QEMU does.
     pub fn restore(&mut self, saved: Graph) {
-        let next_auto = self.next_auto;
+        let (next_auto, next_backend_seq) = (self.next_auto, self.next_backend_seq);
         *self = saved;
         self.next_auto = next_auto;
+        self.next_backend_seq = next_backend_seq;
     }
 
     /// A node, for changes that keep the graph's shape (bitmaps, flags).

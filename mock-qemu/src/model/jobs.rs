@@ -251,6 +251,10 @@ pub struct Job {
     pub slice_us: u64,
     /// A mirror's `copy-mode` is `write-blocking`.
     pub write_blocking: bool,
+    /// Where the BlockBackends the job opens (a mirror's target, a
+    /// commit's base and top…) stand in the creation order of all
+    /// BlockBackends (set when the job is created).
+    pub backend_seq: u64,
 }
 
 /// An I/O error a job will meet.
@@ -336,6 +340,7 @@ impl Job {
             io_status: "ok",
             slice_us: 0,
             write_blocking: false,
+            backend_seq: 0,
         }
     }
 }

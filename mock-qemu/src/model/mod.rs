@@ -460,8 +460,10 @@ impl Machine {
     fn create_job(&mut self, job: Job) -> Result<String, JobError> {
         self.check_job_id(&job.id)?;
         let id = job.id.clone();
+        let backend_seq = self.graph.claim_backend_seq();
         self.jobs.push(Job {
             status: JobStatus::Undefined,
+            backend_seq,
             ..job
         });
         self.set_status(&id, JobStatus::Created, false)?;
@@ -1015,16 +1017,21 @@ impl Machine {
         };
         let inert = Perms::inert(v);
         let mut users = perms::Users::default();
+        // (creation order, backends): exports' and jobs' interleaved.
+        let mut made: Vec<(u64, Vec<Backend>)> = Vec::new();
         for (owner, node) in self.graph.backends() {
             let writable = self
                 .exports
                 .newest_first()
                 .any(|e| e.writable && exports::backend_owner(&e.id) == owner);
-            users.backends.push(Backend {
-                owner: owner.to_owned(),
-                node,
-                perms: perms::export_root(writable, v),
-            });
+            made.push((
+                self.graph.backend_seq(owner),
+                vec![Backend {
+                    owner: owner.to_owned(),
+                    node,
+                    perms: perms::export_root(writable, v),
+                }],
+            ));
         }
         let size = |n: NodeId| self.graph.node(n).map_or(0, |n| n.size);
         // The nodes strictly between `from`'s backing file and `to`.
@@ -1135,11 +1142,16 @@ impl Machine {
             if active_commit {
                 users.commit_mirror_tops.extend(j.filter);
             }
-            users.backends.extend(blks.into_iter().map(|(node, perms)| Backend {
-                owner: owner.clone(),
-                node,
-                perms,
-            }));
+            made.push((
+                j.backend_seq,
+                blks.into_iter()
+                    .map(|(node, perms)| Backend {
+                        owner: owner.clone(),
+                        node,
+                        perms,
+                    })
+                    .collect(),
+            ));
             jobs.push(JobUse {
                 id: j.id.clone(),
                 edges,
@@ -1147,6 +1159,8 @@ impl Machine {
         }
         jobs.reverse();
         users.jobs = jobs;
+        made.sort_by_key(|(seq, _)| *seq);
+        users.backends = made.into_iter().flat_map(|(_, b)| b).collect();
         users
     }
 
