@@ -398,8 +398,9 @@ impl Opener<'_, '_> {
                         ..node.clone()
                     },
                     graph.node(file).is_some_and(|f| f.force_share),
+                    v,
                 );
-                let users = graph.users(file, &super::exports::writable_backends(self.ctx));
+                let users = graph.users(file, &self.ctx.machine.block_users(v), v);
                 if let Some(c) = graph.perm_conflict(file, &new, &users, v < Version::V7_2) {
                     return Err(desc::perm_conflict(v, &c, &new));
                 }

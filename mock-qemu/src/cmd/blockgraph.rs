@@ -53,14 +53,8 @@ impl Numbering {
         d.put("parent", self.num(parent));
         d.put("child", self.num(Key::Node(child)));
         d.put("name", name);
-        let list = |bits: u8| {
-            QObject::List(
-                qapi_names(bits)
-                    .into_iter()
-                    .map(QObject::from)
-                    .collect(),
-            )
-        };
+        let list =
+            |bits: u8| QObject::List(qapi_names(bits).into_iter().map(QObject::from).collect());
         d.put("perm", list(p.perm));
         d.put("shared-perm", list(p.shared));
         self.edges.push(QObject::Dict(d));

@@ -8,10 +8,7 @@ use super::desc;
 use super::{Context, Return};
 use crate::host::{ExportSource, NbdListen, PublishedExport};
 use crate::model::exports::Export;
-use crate::model::graph::{
-    name_is_wellformed, EdgePerm, Graph, NodeId, PermUser, PERM_ALL, PERM_READ, PERM_RESIZE,
-    PERM_WRITE,
-};
+use crate::model::graph::{name_is_wellformed, EdgePerm, Graph, NodeId, PermUser};
 use crate::model::ModelEvent;
 use crate::profile::Version;
 use crate::qmp::error::QmpError;
@@ -253,14 +250,15 @@ impl BlockExportAdd {
         }
         // blk_insert_bs(): the export's BlockBackend and the node's other
         // users must agree (it does not share resize: nbd/server.c).
+        let root = crate::model::perms::export_root(self.writable, v);
         let new = EdgePerm {
             user: PermUser::Backend,
             role: "root".into(),
-            perm: PERM_READ | if self.writable { PERM_WRITE } else { 0 },
-            shared: PERM_ALL & !PERM_RESIZE,
+            perm: root.perm,
+            shared: root.shared,
         };
         let graph = ctx.machine.graph();
-        let users = graph.users(node, &writable_backends(ctx));
+        let users = graph.users(node, &ctx.machine.block_users(v), v);
         if let Some(c) = graph.perm_conflict(node, &new, &users, v < Version::V7_2) {
             return Err(desc::perm_conflict(v, &c, &new));
         }
@@ -354,17 +352,6 @@ fn export_bitmaps(
         found.push((owner, name.clone()));
     }
     Ok(found)
-}
-
-/// The owner names of the BlockBackends of writable exports (they take
-/// write permission on their node).
-pub(super) fn writable_backends(ctx: &Context<'_>) -> Vec<String> {
-    ctx.machine
-        .exports()
-        .newest_first()
-        .filter(|e| e.writable)
-        .map(|e| export_owner(&e.id))
-        .collect()
 }
 
 /// A node by name for export commands (`bdrv_lookup_bs(NULL, node)`).

@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::perms::{self, PermGraph, Perms, Users};
+use crate::profile::Version;
 use crate::qmp::qobject::QDict;
 
 /// Identifies a node for the life of the process (never reused).
@@ -601,54 +603,54 @@ impl Graph {
         }
     }
 
-    /// The users of `id` whose permissions the mock models, newest first:
-    /// BlockBackends (an export reads, writes if writable, and never shares
-    /// resize: `nbd_export_create`) and qcow2 parents of a metadata child
-    /// (`bdrv_default_perms_for_storage`: read, write and resize when
-    /// writable, never sharing write or resize unless the child is
-    /// force-shared).
-    pub fn users(&self, id: NodeId, writable_backends: &[String]) -> Vec<EdgePerm> {
-        let force_share = self.nodes.get(&id).is_some_and(|n| n.force_share);
-        let mut out: Vec<EdgePerm> = self
+    /// The users of `id` the permission-conflict checks consider, newest
+    /// first, with the permissions [`PermGraph`] computes for them (the
+    /// same `x-debug-query-block-graph` shows): exports' BlockBackends
+    /// (`blk_exp_add`: read, write if writable, never share resize), then
+    /// parent nodes (a qcow2 node writes and resizes its file when
+    /// writable and shares neither: `bdrv_default_perms_for_storage`).
+    /// Users that take nothing and share everything are left out.
+    pub fn users(&self, id: NodeId, others: &Users, v: Version) -> Vec<EdgePerm> {
+        let pg = PermGraph::new(self, others, v);
+        let mut out: Vec<EdgePerm> = others
             .backends
             .iter()
             .rev()
-            .filter(|(_, n)| *n == id)
-            .map(|(owner, _)| EdgePerm {
+            .filter(|b| b.node == id && b.owner.starts_with("export:"))
+            .map(|b| EdgePerm {
                 user: PermUser::Backend,
                 role: "root".into(),
-                perm: PERM_READ
-                    | if writable_backends.contains(owner) {
-                        PERM_WRITE
-                    } else {
-                        0
-                    },
-                shared: PERM_ALL & !PERM_RESIZE,
+                perm: b.perms.perm,
+                shared: b.perms.shared,
             })
             .collect();
-        for p in self.nodes.values().rev() {
-            if p.driver == "qcow2" && p.children.iter().any(|(r, c)| r == "file" && *c == id) {
-                out.push(Self::qcow2_file_edge(p, force_share));
+        for (pid, p) in self.nodes.iter().rev() {
+            for (role, _) in p.children.iter().filter(|(_, c)| *c == id) {
+                let e = pg.edge(*pid, role, id);
+                if e != Perms::inert(v) {
+                    out.push(EdgePerm {
+                        user: PermUser::Node(p.name.clone()),
+                        role: role.clone(),
+                        perm: e.perm,
+                        shared: e.shared,
+                    });
+                }
             }
         }
         out
     }
 
-    /// A qcow2 node's permissions on its file child.
-    pub fn qcow2_file_edge(parent: &Node, child_force_share: bool) -> EdgePerm {
+    /// A new qcow2 node's permissions on its file child (no users yet).
+    pub fn qcow2_file_edge(parent: &Node, child_force_share: bool, v: Version) -> EdgePerm {
+        let p = perms::for_storage(parent.read_only, true, Perms::inert(v), v);
         EdgePerm {
             user: PermUser::Node(parent.name.clone()),
             role: "file".into(),
-            perm: PERM_READ
-                | if parent.read_only {
-                    0
-                } else {
-                    PERM_WRITE | PERM_RESIZE
-                },
+            perm: p.perm,
             shared: if child_force_share {
-                PERM_ALL
+                perms::all(v)
             } else {
-                PERM_ALL & !(PERM_WRITE | PERM_RESIZE)
+                p.shared
             },
         }
     }
@@ -697,17 +699,17 @@ impl Graph {
     /// The locks a file node holds, from its parents: a format driver's
     /// metadata child (`qcow2`'s `file`) is read consistently, written and
     /// resized when the format node is writable, and never shared for
-    /// writing or resizing (`bdrv_default_perms_for_storage`). `raw` passes
-    /// its own parents' needs through, and nodes without users need nothing.
+    /// writing or resizing (`bdrv_default_perms_for_storage`), unless the
+    /// file node is force-shared. `raw` passes its own parents' needs
+    /// through, and nodes without users need nothing.
     pub fn locks(&self, file: NodeId) -> Locks {
         let mut l = Locks::default();
+        let force_share = self.nodes.get(&file).is_some_and(|n| n.force_share);
         for p in self.nodes.values() {
             if p.driver == "qcow2" && p.children.iter().any(|(r, c)| r == "file" && *c == file) {
-                l.perm |= PERM_READ;
-                if !p.read_only {
-                    l.perm |= PERM_WRITE | PERM_RESIZE;
-                }
-                l.unshared |= PERM_WRITE | PERM_RESIZE;
+                let e = Self::qcow2_file_edge(p, force_share, Version::V10_0);
+                l.perm |= e.perm & PERM_ALL;
+                l.unshared |= !e.shared & PERM_ALL;
             }
         }
         l

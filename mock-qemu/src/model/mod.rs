@@ -1103,22 +1103,22 @@ impl Machine {
                 }
                 jobs::JobKind::Commit => {
                     if let (Some(top), Some(base)) = (j.top, j.base) {
-                    let bp = R | W | if size(base) < size(top) { Z } else { 0 };
-                    blks.push((base, p(bp, R | U | G)));
-                    blks.push((top, inert));
-                    let mut cur = Some(top);
-                    let mut seen = 0;
-                    while let Some(n) = cur.filter(|n| *n != base) {
-                        if Some(n) != j.filter {
-                            edges.push(("intermediate node".into(), n, p(0, U | W)));
+                        let bp = R | W | if size(base) < size(top) { Z } else { 0 };
+                        blks.push((base, p(bp, R | U | G)));
+                        blks.push((top, inert));
+                        let mut cur = Some(top);
+                        let mut seen = 0;
+                        while let Some(n) = cur.filter(|n| *n != base) {
+                            if Some(n) != j.filter {
+                                edges.push(("intermediate node".into(), n, p(0, U | W)));
+                            }
+                            seen += 1;
+                            if seen > self.graph.len() {
+                                break;
+                            }
+                            cur = self.graph.child(n, "backing");
                         }
-                        seen += 1;
-                        if seen > self.graph.len() {
-                            break;
-                        }
-                        cur = self.graph.child(n, "backing");
-                    }
-                    edges.push(("base".into(), base, inert));
+                        edges.push(("base".into(), base, inert));
                     }
                 }
                 jobs::JobKind::Stream => {
