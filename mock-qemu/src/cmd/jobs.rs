@@ -43,6 +43,7 @@ pub(super) fn start_or_drop(
         speed: u64::try_from(speed).unwrap_or(0),
         auto_finalize: !explicit_false("auto-finalize"),
         auto_dismiss: !explicit_false("auto-dismiss"),
+        version: ctx.profile.version(),
         ..job
     };
     let err = |e: JobError| QmpError::generic(e.to_string());

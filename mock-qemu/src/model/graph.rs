@@ -463,6 +463,30 @@ impl Graph {
         }
     }
 
+    /// Takes a job's filter node out of the graph but keeps it (a
+    /// finished job not yet dismissed still holds it): what pointed to it
+    /// points to `filtered` again, its children other than `keep` go (if
+    /// nothing else holds them), and so do the bitmaps it owns. Remove it
+    /// later with [`Graph::remove_filter`].
+    pub fn detach_filter(&mut self, id: NodeId, filtered: Option<NodeId>, keep: &[&str]) {
+        if let Some(f) = filtered {
+            self.replace_node(id, f);
+        }
+        for n in self.nodes.values_mut() {
+            n.bitmaps.retain(|b| b.owner != Some(id));
+        }
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let (kept, dropped): (Vec<_>, Vec<_>) = std::mem::take(&mut node.children)
+            .into_iter()
+            .partition(|(r, _)| keep.contains(&r.as_str()));
+        node.children = kept;
+        for (_, c) in dropped {
+            self.free_unused(c);
+        }
+    }
+
     /// Empties the progress-tracking bitmaps `owner` made.
     pub fn clear_progress_bitmaps(&mut self, owner: NodeId) {
         for n in self.nodes.values_mut() {

@@ -7,6 +7,7 @@
 //! asserting as QEMU does.
 
 use super::graph::NodeId;
+use super::perms::Perms;
 use crate::profile::Version;
 
 /// `JobStatus`.
@@ -255,6 +256,17 @@ pub struct Job {
     /// commit's base and top…) stand in the creation order of all
     /// BlockBackends (set when the job is created).
     pub backend_seq: u64,
+    /// The version whose job code runs (5.2 jobs have a BlockBackend of
+    /// their own on their main node, and keep it until dismissed).
+    pub version: Version,
+    /// The nodes the job holds (`block_job_add_bdrv`: child name, node),
+    /// noted when its work ends, before it changes the graph: a
+    /// concluded job that is not dismissed yet may still hold them.
+    pub held: Option<Vec<(String, NodeId)>>,
+    /// What a finished stream's top took on its old backing file, which
+    /// that node's children keep (QEMU 6.0+ does not refresh them) until
+    /// the job lets go of it.
+    pub stale_hold: Option<(NodeId, Perms)>,
 }
 
 /// An I/O error a job will meet.
@@ -341,6 +353,9 @@ impl Job {
             slice_us: 0,
             write_blocking: false,
             backend_seq: 0,
+            version: Version::default(),
+            held: None,
+            stale_hold: None,
         }
     }
 }

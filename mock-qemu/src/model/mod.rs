@@ -501,6 +501,15 @@ impl Machine {
             ));
         }
         job.status = to;
+        if matches!(
+            to,
+            JobStatus::Waiting | JobStatus::Pending | JobStatus::Aborting | JobStatus::Concluded
+        ) {
+            self.note_held(id);
+        }
+        let Some(job) = self.job_mut(id) else {
+            return Ok(());
+        };
         if to == JobStatus::Concluded {
             let job = job.clone();
             self.clean_job(&job);
@@ -511,6 +520,15 @@ impl Machine {
         };
         self.emit_at(event, after_reply);
         if to == JobStatus::Null {
+            // A filter the concluded job still held goes with it.
+            let kept = self
+                .job(id)
+                .and_then(|j| j.filter)
+                .filter(|f| self.graph.node(*f).is_some());
+            if let Some(f) = kept {
+                self.graph.remove_filter(f, None);
+                self.graph_generation += 1;
+            }
             self.jobs.retain(|j| j.id != id);
         }
         Ok(())
@@ -794,6 +812,7 @@ impl Machine {
     }
 
     fn finalize_one(&mut self, id: &str, after_reply: bool) -> Result<(), JobError> {
+        self.note_held(id);
         let Some(job) = self.job(id).cloned() else {
             return Ok(());
         };
@@ -816,6 +835,21 @@ impl Machine {
         Ok(())
     }
 
+    /// Notes the nodes a block job holds ([`Job::held`]) before its end
+    /// changes the graph.
+    fn note_held(&mut self, id: &str) {
+        let Some(job) = self.job(id) else {
+            return;
+        };
+        if job.held.is_some() || !job.kind.is_block_job() {
+            return;
+        }
+        let held = self.job_edge_nodes(job);
+        if let Some(j) = self.job_mut(id) {
+            j.held = Some(held);
+        }
+    }
+
     /// `job_clean()`: the job lets go of what it held — its filter node
     /// (with the bitmaps it owns), a user bitmap, a target it opened.
     fn clean_job(&mut self, job: &Job) {
@@ -828,7 +862,22 @@ impl Machine {
                 .graph
                 .child(f, "file")
                 .or_else(|| self.graph.child(f, "backing"));
-            self.graph.remove_filter(f, filtered);
+            // Until the job is dismissed, it still holds some filters out
+            // of the graph (recorded in blockdev/block-graph-concluded-jobs
+            // and -job-variants): a stream's copy-on-read (childless), and
+            // in 5.2, through job->blk, backup-top with its target and
+            // mirror_top with its backing (the target after a pivot).
+            let legacy = job.version < crate::profile::Version::V7_2;
+            let keep: Option<&[&str]> = match self.graph.node(f).map(|n| n.driver.as_str()) {
+                Some("copy-on-read") => Some(&[]),
+                Some("backup-top") => Some(&["target"]),
+                Some("mirror_top") if legacy => Some(&["backing"]),
+                _ => None,
+            };
+            match keep {
+                Some(roles) if !job.auto_dismiss => self.graph.detach_filter(f, filtered, roles),
+                _ => self.graph.remove_filter(f, filtered),
+            }
         }
         if let Some((node, name)) = &job.user_bitmap {
             if let Some(b) = self
@@ -866,6 +915,11 @@ impl Machine {
                     // The parents sit on the job's filter while it runs.
                     let from = job.filter.unwrap_or(job.node);
                     self.graph.replace_node(from, target);
+                    // bdrv_replace_node(source, target) moved the filter's
+                    // own child too.
+                    if let Some(f) = job.filter {
+                        self.graph.set_backing(f, Some(target));
+                    }
                     self.graph.free_unused(job.node);
                     self.graph_generation += 1;
                 }
@@ -885,6 +939,9 @@ impl Machine {
                     self.invalidate(&stale, &job.id);
                     self.graph
                         .replace_node(job.filter.unwrap_or(job.node), base);
+                    if let Some(f) = job.filter {
+                        self.graph.set_backing(f, Some(base));
+                    }
                     self.graph_generation += 1;
                 }
             }
@@ -939,6 +996,16 @@ impl Machine {
             }
             jobs::JobKind::Stream => {
                 let old = self.graph.child(job.node, "backing");
+                // 6.0 on, the old backing file's children keep the
+                // permissions the top's backing edge gave them.
+                if let (Some(o), true) = (old, job.version >= crate::profile::Version::V7_2) {
+                    let users = self.block_users(job.version);
+                    let held = perms::PermGraph::new(&self.graph, &users, job.version)
+                        .edge(job.node, "backing", o);
+                    if let Some(j) = self.job_mut(&job.id) {
+                        j.stale_hold = Some((o, held));
+                    }
+                }
                 self.graph.set_backing(job.node, job.base);
                 if let Some(old) = old {
                     self.graph.free_unused(old);
@@ -997,12 +1064,96 @@ impl Machine {
         self.graph.set_job_held(held);
     }
 
+    /// The node a block job is created on (`block_job_create`): a
+    /// mirror's, an active commit's or a backup's filter, a stream's
+    /// copy-on-read filter (6.0 on), else the job's node.
+    fn job_main_node(j: &Job) -> NodeId {
+        match j.kind {
+            jobs::JobKind::Commit if j.top != Some(j.node) => j.node,
+            jobs::JobKind::Stream if j.version < crate::profile::Version::V7_2 => j.node,
+            _ => j.filter.unwrap_or(j.node),
+        }
+    }
+
+    /// A mirror, or an active commit (which runs as one).
+    fn is_mirror_like(j: &Job) -> bool {
+        j.kind == jobs::JobKind::Mirror
+            || (j.kind == jobs::JobKind::Commit && j.top == Some(j.node))
+    }
+
+    /// The nodes a block job holds (`block_job_add_bdrv`), in the order it
+    /// added them: its main node, then per kind a mirror's source, target
+    /// and (target in the source's backing chain) what lies between; a
+    /// commit's intermediate nodes and base; a stream's active node (6.0
+    /// on) and intermediate nodes; a backup's target. Noted when the job's
+    /// work ends ([`Job::held`]); worked out from the graph before.
+    fn job_edge_nodes(&self, j: &Job) -> Vec<(String, NodeId)> {
+        if let Some(h) = &j.held {
+            return h.clone();
+        }
+        let mut out = vec![("main node".to_owned(), Self::job_main_node(j))];
+        let limit = self.graph.len() + 1;
+        // The nodes strictly between `from` and `to`, down the backing chain.
+        let below = |from: Option<NodeId>, to: Option<NodeId>| {
+            let mut v = Vec::new();
+            let mut cur = from;
+            while let Some(n) = cur.filter(|n| Some(*n) != to) {
+                if v.len() > limit {
+                    break;
+                }
+                if Some(n) != j.filter {
+                    v.push(n);
+                }
+                cur = self.graph.child(n, "backing");
+            }
+            v
+        };
+        match j.kind {
+            _ if Self::is_mirror_like(j) => {
+                if let Some(target) = j.base {
+                    out.push(("source".into(), j.node));
+                    out.push(("target".into(), target));
+                    if chain_has(&self.graph, j.node, target) {
+                        for n in below(self.graph.child(j.node, "backing"), Some(target)) {
+                            out.push(("intermediate node".into(), n));
+                        }
+                    }
+                }
+            }
+            jobs::JobKind::Commit => {
+                if let (Some(top), Some(base)) = (j.top, j.base) {
+                    for n in below(Some(top), Some(base)) {
+                        out.push(("intermediate node".into(), n));
+                    }
+                    out.push(("base".into(), base));
+                }
+            }
+            jobs::JobKind::Stream => {
+                if j.version >= crate::profile::Version::V7_2 {
+                    out.push(("active node".into(), j.node));
+                }
+                for n in below(self.graph.child(j.node, "backing"), j.base) {
+                    out.push(("intermediate node".into(), n));
+                }
+            }
+            jobs::JobKind::Backup => {
+                if let Some(t) = j.base {
+                    out.push(("target".into(), t));
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
     /// Every user of the graph that is not a node, with the permissions
-    /// it takes: the exports' BlockBackends, then the ones jobs open, in
-    /// creation order; and each block job (newest first) with the nodes it
-    /// holds (`block_job_add_bdrv`). In 5.2 a job also has a BlockBackend
-    /// of its own on its main node (`job->blk`), which carries the
-    /// permissions later versions put on the `main node` edge.
+    /// it takes: BlockBackends (the exports', and the ones jobs open) in
+    /// creation order, and each block job (newest first) with the nodes it
+    /// holds. In 5.2 a job also has a BlockBackend of its own on its main
+    /// node (`job->blk`), which carries the permissions later versions put
+    /// on the `main node` edge and lives until the job is dismissed. A
+    /// concluded job that waits to be dismissed still holds a commit's or
+    /// a stream's nodes (and 5.2 a backup's); a mirror let go of its own.
     pub fn block_users(&self, v: crate::profile::Version) -> perms::Users {
         use perms::{all, Backend, JobUse, Perms, PERM_GRAPH_MOD, PERM_WRITE_UNCHANGED};
         const R: u8 = graph::PERM_READ;
@@ -1010,7 +1161,6 @@ impl Machine {
         const U: u8 = PERM_WRITE_UNCHANGED;
         const Z: u8 = graph::PERM_RESIZE;
         const G: u8 = PERM_GRAPH_MOD;
-        let legacy = v < crate::profile::Version::V7_2;
         let p = |perm: u8, shared: u8| Perms {
             perm: perm & all(v),
             shared: shared & all(v),
@@ -1034,119 +1184,110 @@ impl Machine {
             ));
         }
         let size = |n: NodeId| self.graph.node(n).map_or(0, |n| n.size);
-        // The nodes strictly between `from`'s backing file and `to`.
-        let between = |from: NodeId, to: Option<NodeId>| {
-            let mut out = Vec::new();
-            let mut cur = self.graph.child(from, "backing");
-            while let Some(n) = cur.filter(|n| Some(*n) != to) {
-                if out.contains(&n) || out.len() > self.graph.len() {
-                    break;
-                }
-                out.push(n);
-                cur = self.graph.child(n, "backing");
-            }
-            out
-        };
         let mut jobs = Vec::new();
         for j in self
             .jobs
             .iter()
-            .filter(|j| j.kind.is_block_job() && j.status < JobStatus::Concluded)
+            .filter(|j| j.kind.is_block_job() && j.status != JobStatus::Null)
         {
-            let owner = format!("job:{}", j.id);
-            let mut blks: Vec<(NodeId, Perms)> = Vec::new();
-            let mut edges: Vec<(String, NodeId, Perms)> = Vec::new();
-            let active_commit = j.kind == jobs::JobKind::Commit && j.top == Some(j.node);
-            let (main, main_perms) = match j.kind {
-                jobs::JobKind::Mirror => (j.filter.unwrap_or(j.node), p(R, R | U | W | G)),
-                jobs::JobKind::Commit if active_commit => {
-                    (j.filter.unwrap_or(j.node), p(R, R | U | W | G))
-                }
-                jobs::JobKind::Stream if legacy => (j.node, p(R | U | G, R | U | W)),
-                jobs::JobKind::Stream | jobs::JobKind::Backup => {
-                    (j.filter.unwrap_or(j.node), inert)
-                }
-                _ => (j.node, inert),
+            let legacy = j.version < crate::profile::Version::V7_2;
+            let concluded = j.status >= JobStatus::Concluded;
+            let mirror_like = Self::is_mirror_like(j);
+            let nodes = self.job_edge_nodes(j);
+            let main = nodes.first().map_or(j.node, |(_, n)| *n);
+            let main_perms = match j.kind {
+                _ if mirror_like => p(R, R | U | W | G),
+                jobs::JobKind::Stream if legacy => p(R | U | G, R | U | W),
+                _ => inert,
             };
+            let mut blks: Vec<(NodeId, Perms)> = Vec::new();
             if legacy {
-                blks.push((main, main_perms));
-                edges.push(("main node".into(), main, inert));
+                // mirror_exit_common() leaves job->blk taking nothing.
+                let kept = if concluded && mirror_like {
+                    inert
+                } else {
+                    main_perms
+                };
+                // Dropping backup-top moved its parents, job->blk among
+                // them, to the source (recorded).
+                let on = if concluded && j.kind == jobs::JobKind::Backup {
+                    j.node
+                } else {
+                    main
+                };
+                blks.push((on, kept));
+            }
+            if !concluded {
+                match j.kind {
+                    _ if mirror_like => {
+                        if let Some(target) = j.base {
+                            // mirror_start_job(): a target in the source's
+                            // backing chain (active commit) is shared for
+                            // reading and writing, and resized if smaller.
+                            let (mut tp, mut ts) = (W, U);
+                            // drive-mirror does not leave the backing chain
+                            // alone (5.2 takes graph-mod for that).
+                            if j.owned_target.is_some() {
+                                tp |= G;
+                            }
+                            if chain_has(&self.graph, j.node, target) {
+                                if size(j.node) > size(target) {
+                                    tp |= Z;
+                                }
+                                ts |= R | W | G;
+                            }
+                            blks.push((target, p(tp, ts)));
+                        }
+                    }
+                    jobs::JobKind::Commit => {
+                        if let (Some(top), Some(base)) = (j.top, j.base) {
+                            let bp = R | W | if size(base) < size(top) { Z } else { 0 };
+                            blks.push((base, p(bp, R | U | G)));
+                            blks.push((top, inert));
+                        }
+                    }
+                    jobs::JobKind::Stream if !legacy => {
+                        blks.push((main, p(R, R | U | W)));
+                    }
+                    _ => {}
+                }
+            }
+            let keeps_nodes = !concluded
+                || match j.kind {
+                    _ if mirror_like => false,
+                    jobs::JobKind::Backup => legacy,
+                    _ => true,
+                };
+            let edges: Vec<(String, NodeId, Perms)> = if keeps_nodes {
+                nodes
+                    .into_iter()
+                    .map(|(role, n)| {
+                        let perms = match role.as_str() {
+                            "main node" if !legacy => main_perms,
+                            "source" | "active node" => p(0, R | U | W),
+                            "intermediate node" if j.kind == jobs::JobKind::Stream => p(0, R | U),
+                            "intermediate node" => p(0, U | W),
+                            _ => inert,
+                        };
+                        (role, n, perms)
+                    })
+                    .collect()
             } else {
-                edges.push(("main node".into(), main, main_perms));
+                Vec::new()
+            };
+            if mirror_like && !concluded {
+                users
+                    .commit_mirror_tops
+                    .extend(j.filter.filter(|_| j.kind == jobs::JobKind::Commit));
             }
-            match j.kind {
-                jobs::JobKind::Mirror | jobs::JobKind::Commit
-                    if active_commit || j.kind == jobs::JobKind::Mirror =>
-                {
-                    if let Some(target) = j.base {
-                        // mirror_start_job(): a target in the source's
-                        // backing chain (active commit) is shared for
-                        // reading and writing, and what lies between is held.
-                        let target_is_backing = chain_has(&self.graph, j.node, target);
-                        let mut tp = W;
-                        let mut ts = U;
-                        if target_is_backing {
-                            if size(j.node) > size(target) {
-                                tp |= Z;
-                            }
-                            ts |= R | W | G;
-                        }
-                        blks.push((target, p(tp, ts)));
-                        edges.push(("source".into(), j.node, p(0, R | U | W)));
-                        edges.push(("target".into(), target, inert));
-                        if target_is_backing {
-                            for n in between(j.node, Some(target)) {
-                                edges.push(("intermediate node".into(), n, p(0, U | W)));
-                            }
-                        }
-                    }
-                }
-                jobs::JobKind::Commit => {
-                    if let (Some(top), Some(base)) = (j.top, j.base) {
-                        let bp = R | W | if size(base) < size(top) { Z } else { 0 };
-                        blks.push((base, p(bp, R | U | G)));
-                        blks.push((top, inert));
-                        let mut cur = Some(top);
-                        let mut seen = 0;
-                        while let Some(n) = cur.filter(|n| *n != base) {
-                            if Some(n) != j.filter {
-                                edges.push(("intermediate node".into(), n, p(0, U | W)));
-                            }
-                            seen += 1;
-                            if seen > self.graph.len() {
-                                break;
-                            }
-                            cur = self.graph.child(n, "backing");
-                        }
-                        edges.push(("base".into(), base, inert));
-                    }
-                }
-                jobs::JobKind::Stream => {
-                    if !legacy {
-                        if let Some(f) = j.filter {
-                            blks.push((f, p(R, R | U | W)));
-                        }
-                        edges.push(("active node".into(), j.node, p(0, R | U | W)));
-                    }
-                    for n in between(j.node, j.base) {
-                        edges.push(("intermediate node".into(), n, p(0, R | U)));
-                    }
-                }
-                jobs::JobKind::Backup => {
-                    if let Some(t) = j.base {
-                        edges.push(("target".into(), t, inert));
-                    }
-                }
-                jobs::JobKind::Mirror | jobs::JobKind::Create => {}
-            }
-            if active_commit {
-                users.commit_mirror_tops.extend(j.filter);
+            if let Some((n, p)) = j.stale_hold {
+                users.hidden.push((n, p));
             }
             made.push((
                 j.backend_seq,
                 blks.into_iter()
                     .map(|(node, perms)| Backend {
-                        owner: owner.clone(),
+                        owner: format!("job:{}", j.id),
                         node,
                         perms,
                     })

@@ -114,6 +114,10 @@ pub struct Users {
     pub jobs: Vec<JobUse>,
     /// `mirror_top` filters of active commit jobs (`is_commit`).
     pub commit_mirror_tops: Vec<NodeId>,
+    /// Permissions a node's children were last computed with that no
+    /// listed user takes any more (QEMU did not refresh them): they count
+    /// in the node's cumulative permissions.
+    pub hidden: Vec<(NodeId, Perms)>,
 }
 
 /// An export's BlockBackend (`blk_exp_add`: reads, writes if writable,
@@ -268,6 +272,9 @@ impl<'a> PermGraph<'a> {
             for (_, _, p) in j.edges.iter().filter(|(_, n, _)| *n == id) {
                 add(*p);
             }
+        }
+        for (_, p) in self.users.hidden.iter().filter(|(n, _)| *n == id) {
+            add(*p);
         }
         if depth > 0 {
             let parents: Vec<(NodeId, String)> = self
