@@ -10,6 +10,7 @@
 //! and the job filters' own rules. This module is that computation; the
 //! permission-conflict checks and `x-debug-query-block-graph` both read it.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use super::graph::{Graph, Node, NodeId, PERM_READ, PERM_RESIZE, PERM_WRITE};
@@ -185,37 +186,39 @@ pub struct NodeEdge {
 }
 
 /// The permissions of every node-to-node edge, given the graph's other
-/// users.
+/// users. Cumulative permissions are worked out on demand (up from a node
+/// through its parents) and remembered.
 #[derive(Debug)]
 pub struct PermGraph<'a> {
     graph: &'a Graph,
     users: &'a Users,
     v: Version,
-    cumulative: BTreeMap<NodeId, Perms>,
+    /// Each node's parent nodes with the child's role, newest parent first.
+    parents: BTreeMap<NodeId, Vec<(NodeId, String)>>,
+    cumulative: RefCell<BTreeMap<NodeId, Perms>>,
 }
 
 impl<'a> PermGraph<'a> {
-    /// Computes every node's cumulative permissions.
+    /// Indexes the graph's edges.
     pub fn new(graph: &'a Graph, users: &'a Users, v: Version) -> Self {
-        let mut pg = PermGraph {
+        let mut parents: BTreeMap<NodeId, Vec<(NodeId, String)>> = BTreeMap::new();
+        for (pid, p) in graph.newest_first() {
+            for (role, c) in &p.children {
+                parents.entry(*c).or_default().push((pid, role.clone()));
+            }
+        }
+        PermGraph {
             graph,
             users,
             v,
-            cumulative: BTreeMap::new(),
-        };
-        let ids: Vec<NodeId> = graph.newest_first().map(|(id, _)| id).collect();
-        for id in ids {
-            pg.cumulative_of(id, graph.len() + 1);
+            parents,
+            cumulative: RefCell::new(BTreeMap::new()),
         }
-        pg
     }
 
     /// What every user of `id` together takes and shares.
     pub fn cumulative(&self, id: NodeId) -> Perms {
-        self.cumulative
-            .get(&id)
-            .copied()
-            .unwrap_or(Perms::inert(self.v))
+        self.cumulative_of(id, self.graph.len() + 1)
     }
 
     /// The edge `parent` → `child` in `role`.
@@ -247,14 +250,11 @@ impl<'a> PermGraph<'a> {
                 .jobs
                 .iter()
                 .any(|j| j.edges.iter().any(|(_, n, _)| *n == id))
-            || self
-                .graph
-                .newest_first()
-                .any(|(_, p)| p.children.iter().any(|(_, c)| *c == id))
+            || self.parents.get(&id).is_some_and(|p| !p.is_empty())
     }
 
-    fn cumulative_of(&mut self, id: NodeId, depth: usize) -> Perms {
-        if let Some(p) = self.cumulative.get(&id) {
+    fn cumulative_of(&self, id: NodeId, depth: usize) -> Perms {
+        if let Some(p) = self.cumulative.borrow().get(&id) {
             return *p;
         }
         let mut acc = Perms {
@@ -276,24 +276,15 @@ impl<'a> PermGraph<'a> {
         for (_, p) in self.users.hidden.iter().filter(|(n, _)| *n == id) {
             add(*p);
         }
+        // A loop (which the graph refuses) ends at the depth limit.
         if depth > 0 {
-            let parents: Vec<(NodeId, String)> = self
-                .graph
-                .newest_first()
-                .flat_map(|(pid, p)| {
-                    p.children
-                        .iter()
-                        .filter(|(_, c)| *c == id)
-                        .map(move |(r, _)| (pid, r.clone()))
-                })
-                .collect();
-            for (pid, role) in parents {
-                let cum = self.cumulative_of(pid, depth - 1);
-                add(self.child_perm(pid, &role, id, cum));
+            for (pid, role) in self.parents.get(&id).into_iter().flatten() {
+                let cum = self.cumulative_of(*pid, depth - 1);
+                add(self.child_perm(*pid, role, id, cum));
             }
         }
         let acc = acc.masked(self.v);
-        self.cumulative.insert(id, acc);
+        self.cumulative.borrow_mut().insert(id, acc);
         acc
     }
 
