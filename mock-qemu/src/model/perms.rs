@@ -491,6 +491,88 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_reads_through_its_copy_on_read_filter() {
+        // 10.0's block-stream of `top` (qcow2 over its file, backing `base`):
+        // the copy-on-read filter over top carries the job's BlockBackend
+        // (read; shares read, write, unchanged writes) and its `main node`
+        // edge; the job also holds top (`active node`) and base.
+        let v = Version::V10_0;
+        let mut g = Graph::new();
+        let base_file = g.insert(node("file", false, vec![])).unwrap();
+        let base = g
+            .insert(node("qcow2", false, vec![("file", base_file)]))
+            .unwrap();
+        let top_file = g.insert(node("file", false, vec![])).unwrap();
+        let top = g
+            .insert(node(
+                "qcow2",
+                false,
+                vec![("file", top_file), ("backing", base)],
+            ))
+            .unwrap();
+        let cor = g
+            .insert(node("copy-on-read", false, vec![("file", top)]))
+            .unwrap();
+        let users = Users {
+            backends: vec![Backend {
+                owner: "job:s".into(),
+                node: cor,
+                perms: Perms {
+                    perm: R,
+                    shared: R | U | W,
+                },
+            }],
+            jobs: vec![JobUse {
+                id: "s".into(),
+                edges: vec![
+                    ("main node".into(), cor, Perms::inert(v)),
+                    (
+                        "active node".into(),
+                        top,
+                        Perms {
+                            perm: 0,
+                            shared: R | U | W,
+                        },
+                    ),
+                    (
+                        "intermediate node".into(),
+                        base,
+                        Perms {
+                            perm: 0,
+                            shared: R | U,
+                        },
+                    ),
+                ],
+            }],
+            ..Users::default()
+        };
+        let pg = PermGraph::new(&g, &users, v);
+        let check = |parent: NodeId, role: &str, child: NodeId, perm: &str, shared: &str| {
+            let p = pg.edge(parent, role, child);
+            assert_eq!(
+                (letters(p.perm), letters(p.shared)),
+                (perm.to_owned(), shared.to_owned()),
+                "{role} edge of node {parent}"
+            );
+        };
+        // copy-on-read adds unchanged writes to what it forwards.
+        check(cor, "file", top, "RU", "RWU");
+        // qcow2 turns unchanged writes on its data into writes (and resize).
+        check(top, "file", top_file, "RWUZ", "RU");
+        check(top, "backing", base, "R", "RWUZ");
+        // base is read through top's backing edge and may not be written
+        // by others (the job's intermediate edge does not share it).
+        check(base, "file", base_file, "RWZ", "RU");
+        assert_eq!(
+            pg.cumulative(base),
+            Perms {
+                perm: R,
+                shared: R | U
+            }
+        );
+    }
+
+    #[test]
     fn names_come_out_last_first() {
         assert_eq!(
             qapi_names(R | W | Z),
