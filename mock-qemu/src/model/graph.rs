@@ -201,6 +201,8 @@ pub enum PermUser {
     Backend,
     /// A parent node, by name.
     Node(String),
+    /// A block job, as QEMU describes it (`stream job 's'`).
+    Job(String),
 }
 
 /// One user's permissions on a node: what it takes and what it lets
@@ -627,20 +629,20 @@ impl Graph {
         }
     }
 
-    /// The users of `id` the permission-conflict checks consider, newest
-    /// first, with the permissions [`PermGraph`] computes for them (the
-    /// same `x-debug-query-block-graph` shows): exports' BlockBackends
-    /// (`blk_exp_add`: read, write if writable, never share resize), then
-    /// parent nodes (a qcow2 node writes and resizes its file when
-    /// writable and shares neither: `bdrv_default_perms_for_storage`).
-    /// Users that take nothing and share everything are left out.
+    /// The users of `id` the permission-conflict checks consider, with the
+    /// permissions [`PermGraph`] computes for them (the same
+    /// `x-debug-query-block-graph` shows): BlockBackends (exports' and
+    /// jobs', newest first), then what block jobs hold (newest job first),
+    /// then parent nodes (newest first). Users that take nothing and share
+    /// everything are left out: they never conflict.
     pub fn users(&self, id: NodeId, others: &Users, v: Version) -> Vec<EdgePerm> {
         let pg = PermGraph::new(self, others, v);
+        let inert = Perms::inert(v);
         let mut out: Vec<EdgePerm> = others
             .backends
             .iter()
             .rev()
-            .filter(|b| b.node == id && b.owner.starts_with("export:"))
+            .filter(|b| b.node == id && b.perms != inert)
             .map(|b| EdgePerm {
                 user: PermUser::Backend,
                 role: "root".into(),
@@ -648,10 +650,25 @@ impl Graph {
                 shared: b.perms.shared,
             })
             .collect();
+        for j in &others.jobs {
+            for (role, _, p) in j
+                .edges
+                .iter()
+                .rev()
+                .filter(|(_, n, p)| *n == id && *p != inert)
+            {
+                out.push(EdgePerm {
+                    user: PermUser::Job(format!("{} job '{}'", j.kind, j.id)),
+                    role: role.clone(),
+                    perm: p.perm,
+                    shared: p.shared,
+                });
+            }
+        }
         for (pid, p) in self.nodes.iter().rev() {
             for (role, _) in p.children.iter().filter(|(_, c)| *c == id) {
                 let e = pg.edge(*pid, role, id);
-                if e != Perms::inert(v) {
+                if e != inert {
                     out.push(EdgePerm {
                         user: PermUser::Node(p.name.clone()),
                         role: role.clone(),

@@ -1295,6 +1295,7 @@ impl Machine {
             ));
             jobs.push(JobUse {
                 id: j.id.clone(),
+                kind: j.kind.name().to_owned(),
                 edges,
             });
         }

@@ -100,6 +100,8 @@ pub struct Backend {
 pub struct JobUse {
     /// The job id.
     pub id: String,
+    /// Its type (`mirror`, `commit`, `stream`, `backup`).
+    pub kind: String,
     /// (child name, node, permissions), in the order the job added them.
     pub edges: Vec<(String, NodeId, Perms)>,
 }
@@ -524,6 +526,7 @@ mod tests {
             }],
             jobs: vec![JobUse {
                 id: "s".into(),
+                kind: "stream".into(),
                 edges: vec![
                     ("main node".into(), cor, Perms::inert(v)),
                     (
