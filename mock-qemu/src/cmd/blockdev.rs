@@ -180,6 +180,7 @@ impl Opener<'_, '_> {
         self.check_name(name.as_deref())?;
         node.size = self.ctx.machine.graph().node(file).map_or(0, |f| f.size);
         node.strong_options.put("driver", node.driver.clone());
+        self.check_writable_child(&node, "file", file)?;
         node.children.push(("file".into(), file));
         let mut target = None;
         match node.driver.as_str() {
@@ -201,6 +202,7 @@ impl Opener<'_, '_> {
             "copy-before-write" => {
                 let def = a.get("target").cloned().unwrap_or(QObject::Null);
                 let t = self.child(&def, Inherited::child_of(&node))?;
+                self.check_writable_child(&node, "target", t)?;
                 node.children.push(("target".into(), t));
                 target = Some(t);
             }
@@ -214,6 +216,22 @@ impl Opener<'_, '_> {
             copy_before_write_bitmaps(graph, v, id, file, t, full);
         }
         Ok(id)
+    }
+
+    /// Attaching `child` to the new `node` in `role`: a read-only child
+    /// refuses a parent that writes to it, unchanged writes included
+    /// (`bdrv_node_refresh_perm`; copy-on-read over a read-only node).
+    fn check_writable_child(&self, node: &Node, role: &str, child: NodeId) -> Result<(), QmpError> {
+        let v = self.ctx.profile.version();
+        let Some(c) = self.ctx.machine.graph().node(child) else {
+            return Ok(());
+        };
+        let p = crate::model::perms::new_node_edge(node, role, c.force_share, v);
+        let writes = crate::model::graph::PERM_WRITE | crate::model::perms::PERM_WRITE_UNCHANGED;
+        if c.read_only && p.perm & writes != 0 {
+            return Err(QmpError::generic(desc::NODE_READ_ONLY));
+        }
+        Ok(())
     }
 
     /// `blkdebug`: its name, then its `image` child; its rules and limits
@@ -238,6 +256,20 @@ impl Opener<'_, '_> {
             }
         }
         node.strong_options = strong;
+        let perm_list = |key: &str| {
+            crate::model::perms::from_qapi_names(
+                a.get(key)
+                    .and_then(|l| match l {
+                        QObject::List(l) => {
+                            Some(l.iter().filter_map(QObject::as_str).collect::<Vec<_>>())
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default(),
+            )
+        };
+        node.perm_options.take = perm_list("take-child-perms");
+        node.perm_options.unshare = perm_list("unshare-child-perms");
         open_checks(&node)?;
         let inherit = Inherited::child_of(&node);
         // Named (listed) before blkdebug_open() opens the image.
@@ -363,9 +395,15 @@ impl Opener<'_, '_> {
                 let file = self.child(file_def, Inherited::child_of(&node))?;
                 open_checks(&node)?;
                 if driver == "raw" {
-                    // raw passes its child through: its size is the child's.
+                    // raw passes its child through: its size is the child's
+                    // (less an offset, or the size given; then the child is
+                    // a data child, not a filtered one).
                     self.check_name(name.as_deref())?;
-                    node.size = self.ctx.machine.graph().node(file).map_or(0, |f| f.size);
+                    let child_size = self.ctx.machine.graph().node(file).map_or(0, |f| f.size);
+                    let offset = int_opt(a, "offset").and_then(|o| u64::try_from(o).ok());
+                    let size = int_opt(a, "size").and_then(|o| u64::try_from(o).ok());
+                    node.perm_options.raw_data_child = offset.is_some() || size.is_some();
+                    node.size = size.unwrap_or(child_size.saturating_sub(offset.unwrap_or(0)));
                     node.children.push(("file".into(), file));
                     return self.insert(name, node);
                 }
@@ -651,6 +689,7 @@ fn common_with(driver: &str, a: &QDict, inherit: Inherited) -> Node {
         qcow2: None,
         bitmaps: Vec::new(),
         implicit: false,
+        perm_options: Default::default(),
     }
 }
 

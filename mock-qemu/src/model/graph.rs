@@ -150,6 +150,19 @@ pub struct Node {
     /// A job's filter inserted without `filter-node-name` (`bs->implicit`):
     /// it takes its child's file name.
     pub implicit: bool,
+    /// Driver options that change what it takes on its children.
+    pub perm_options: PermOptions,
+}
+
+/// Driver options that change a node's permissions on its children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PermOptions {
+    /// blkdebug `take-child-perms`.
+    pub take: u8,
+    /// blkdebug `unshare-child-perms`.
+    pub unshare: u8,
+    /// raw with `offset` or `size`: its file is a data child.
+    pub raw_data_child: bool,
 }
 
 /// Block permissions as QEMU's file locks name them, in QEMU's bit order
@@ -855,6 +868,7 @@ mod tests {
             qcow2: None,
             bitmaps: vec![],
             implicit: false,
+            perm_options: PermOptions::default(),
         }
     }
 

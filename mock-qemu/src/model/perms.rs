@@ -292,66 +292,129 @@ impl<'a> PermGraph<'a> {
 
     /// The parent driver's `bdrv_child_perm` for one child.
     fn child_perm(&self, parent: NodeId, role: &str, child: NodeId, cum: Perms) -> Perms {
-        let v = self.v;
         let Some(p) = self.graph.node(parent) else {
-            return Perms::inert(v);
+            return Perms::inert(self.v);
         };
-        let mut out = match (p.driver.as_str(), role) {
-            ("qcow2", "backing") => for_cow(cum, v),
-            ("qcow2", "file") => for_storage(p.read_only, true, cum, v),
-            ("qcow2", "data-file") => for_storage(p.read_only, false, cum, v),
-            ("copy-on-read", _) => {
-                // cor_child_perm: forwards read, write and resize; takes
-                // unchanged writes of its own (copying on read).
-                let pass = R | W | Z;
-                Perms {
-                    perm: (cum.perm & pass) | U,
-                    shared: (cum.shared & pass) | (all(v) & !pass),
-                }
-            }
-            ("snapshot-access", _) => Perms::inert(v),
-            ("commit_top", _) => Perms::inert(v),
-            ("copy-before-write" | "backup-top", "target") => Perms {
-                perm: W,
-                shared: all(v) & !Z,
-            },
-            ("copy-before-write" | "backup-top", _) => {
-                let mut o = filter_default(cum, v);
-                // 10.0 reads the source whenever someone uses the filter;
-                // earlier versions when someone writes through it.
-                let reads = if v >= Version::V10_0 {
-                    self.has_users(parent)
-                } else {
-                    cum.perm & W != 0
-                };
-                if reads {
-                    o.perm |= R;
-                }
-                if v < Version::V10_0 || self.has_users(parent) {
-                    o.shared &= !(W | Z);
-                }
-                o
-            }
-            ("mirror_top", _) if v < Version::V7_2 => Perms {
-                perm: cum.perm & W,
-                shared: all(v),
-            },
-            ("mirror_top", _) => {
-                let mut o = filter_default(cum, v);
-                if self.users.commit_mirror_tops.contains(&parent) {
-                    o.perm &= !R;
-                    o.shared |= W;
-                }
-                o
-            }
-            // raw, throttle, blkdebug and other filters.
-            _ => filter_default(cum, v),
+        let ctx = ParentState {
+            has_users: self.has_users(parent),
+            commit_mirror_top: self.users.commit_mirror_tops.contains(&parent),
         };
-        if self.graph.node(child).is_some_and(|c| c.force_share) {
-            out.shared = all(v);
-        }
-        out.masked(v)
+        let child_force_share = self.graph.node(child).is_some_and(|c| c.force_share);
+        child_perm(p, role, cum, ctx, child_force_share, self.v)
     }
+}
+
+/// What a parent's rule may need beyond its own options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ParentState {
+    /// The parent has users of its own (copy-before-write, 10.0).
+    pub has_users: bool,
+    /// The parent is an active commit's `mirror_top` (`is_commit`).
+    pub commit_mirror_top: bool,
+}
+
+/// The permissions a new node (no users yet) takes on its child in `role`.
+pub fn new_node_edge(p: &Node, role: &str, child_force_share: bool, v: Version) -> Perms {
+    child_perm(
+        p,
+        role,
+        Perms::inert(v),
+        ParentState::default(),
+        child_force_share,
+        v,
+    )
+}
+
+/// The parent driver's `bdrv_child_perm` for one child, from the
+/// parent's cumulative permissions `cum`.
+pub fn child_perm(
+    p: &Node,
+    role: &str,
+    cum: Perms,
+    state: ParentState,
+    child_force_share: bool,
+    v: Version,
+) -> Perms {
+    let mut out = match (p.driver.as_str(), role) {
+        ("qcow2", "backing") => for_cow(cum, v),
+        ("qcow2", "file") => for_storage(p.read_only, true, cum, v),
+        ("qcow2", "data-file") => for_storage(p.read_only, false, cum, v),
+        // raw with an offset or size holds data of its own in its file
+        // (raw_open: a data child, not a filtered one).
+        ("raw", "file") if p.perm_options.raw_data_child => for_storage(p.read_only, false, cum, v),
+        ("blkdebug", _) => {
+            // blkdebug_child_perm: take-child-perms, unshare-child-perms.
+            let mut o = filter_default(cum, v);
+            o.perm |= p.perm_options.take;
+            o.shared &= !p.perm_options.unshare;
+            o
+        }
+        ("copy-on-read", _) => {
+            // cor_child_perm: forwards read, write and resize; takes
+            // unchanged writes of its own (copying on read).
+            let pass = R | W | Z;
+            Perms {
+                perm: (cum.perm & pass) | U,
+                shared: (cum.shared & pass) | (all(v) & !pass),
+            }
+        }
+        ("snapshot-access", _) => Perms::inert(v),
+        ("commit_top", _) => Perms::inert(v),
+        ("copy-before-write" | "backup-top", "target") => Perms {
+            perm: W,
+            shared: all(v) & !Z,
+        },
+        ("copy-before-write" | "backup-top", _) => {
+            let mut o = filter_default(cum, v);
+            // 10.0 reads the source whenever someone uses the filter;
+            // earlier versions when someone writes through it.
+            let reads = if v >= Version::V10_0 {
+                state.has_users
+            } else {
+                cum.perm & W != 0
+            };
+            if reads {
+                o.perm |= R;
+            }
+            if v < Version::V10_0 || state.has_users {
+                o.shared &= !(W | Z);
+            }
+            o
+        }
+        ("mirror_top", _) if v < Version::V7_2 => Perms {
+            perm: cum.perm & W,
+            shared: all(v),
+        },
+        ("mirror_top", _) => {
+            let mut o = filter_default(cum, v);
+            if state.commit_mirror_top {
+                o.perm &= !R;
+                o.shared |= W;
+            }
+            o
+        }
+        // raw, throttle and other filters.
+        _ => filter_default(cum, v),
+    };
+    if child_force_share {
+        out.shared = all(v);
+    }
+    out.masked(v)
+}
+
+/// `BlockPermission` names (blkdebug's `take-child-perms`) as bits.
+pub fn from_qapi_names<'n>(names: impl IntoIterator<Item = &'n str>) -> u8 {
+    names
+        .into_iter()
+        .map(|n| match n {
+            "consistent-read" => R,
+            "write" => W,
+            "write-unchanged" => U,
+            "resize" => Z,
+            "graph-mod" => G,
+            _ => 0,
+        })
+        .fold(0, |a, b| a | b)
 }
 
 #[cfg(test)]
@@ -383,6 +446,7 @@ mod tests {
                 qcow2: None,
                 bitmaps: vec![],
                 implicit: false,
+                perm_options: Default::default(),
             },
         }
     }
