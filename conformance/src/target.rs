@@ -99,11 +99,24 @@ impl InProcess {
             Flavor::System => "qemu-system-x86_64",
         };
         let cmdline = mock_qemu::cmdline::parse(argv0, &launch_args(flavor), |_| None)?;
+        let dir = work_folder()?;
+        // The monitor a launched target has (`-qmp unix:WORKDIR/qmp.sock`,
+        // see `Process::start`), so `query-chardev` answers alike.
+        let chardevs = match flavor {
+            Flavor::System => vec![mock_qemu::model::vm::Chardev {
+                label: "compat_monitor0".into(),
+                filename: format!("unix:{},server=on", dir.path().join("qmp.sock").display()),
+            }],
+            Flavor::Qsd => vec![mock_qemu::model::vm::Chardev {
+                label: "mon0".into(),
+                filename: format!("unix:{},server=on", dir.path().join("qmp.sock").display()),
+            }],
+        };
         let config = CoreConfig {
             start_paused: cmdline.start_paused,
+            chardevs,
             ..CoreConfig::default()
         };
-        let dir = work_folder()?;
         let mock = real_mock(&profile, &config, dir.path());
         Ok(InProcess {
             profile,

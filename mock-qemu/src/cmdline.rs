@@ -34,6 +34,9 @@ pub struct Monitor {
     pub endpoint: Endpoint,
     /// `pretty=on` (accepted; output stays compact).
     pub pretty: bool,
+    /// The chardev's id (`-chardev id=…`; QEMU names the one `-qmp`
+    /// creates `compat_monitorN`), as `query-chardev` shows it.
+    pub label: String,
 }
 
 /// Everything the command line decided.
@@ -367,6 +370,7 @@ pub fn parse(
 
     let mut chardevs: Vec<Chardev> = Vec::new();
     let mut monitor_refs: Vec<(String, bool)> = Vec::new();
+    let mut compat_monitors = 0;
     let mut i = 0;
     while i < args.len() {
         let raw = &args[i];
@@ -429,6 +433,7 @@ pub fn parse(
                 if name == "monitor" && !double_dash {
                     // -monitor (system emulator) is the HMP monitor: accepted, not served.
                     cfg.ignored.push(format!("-monitor {}", value(name)?));
+                    compat_monitors += 1;
                     continue;
                 }
                 if name == "monitor" {
@@ -456,7 +461,9 @@ pub fn parse(
                 cfg.monitors.push(Monitor {
                     endpoint: ep,
                     pretty: name == "qmp-pretty",
+                    label: format!("compat_monitor{compat_monitors}"),
                 });
+                compat_monitors += 1;
             }
             "pidfile" => cfg.pidfile = Some(PathBuf::from(value(name)?)),
             "daemonize" => cfg.daemonize = true,
@@ -504,7 +511,11 @@ pub fn parse(
             .find(|c| c.id == cd)
             .ok_or_else(|| CmdlineError::Invalid(format!("chardev \"{cd}\" not found")))?;
         let endpoint = ch.endpoint.clone().map_err(CmdlineError::Invalid)?;
-        cfg.monitors.push(Monitor { endpoint, pretty });
+        cfg.monitors.push(Monitor {
+            endpoint,
+            pretty,
+            label: cd,
+        });
     }
     cfg.flavor = flavor.unwrap_or(if qsd_hint || !system_hint {
         Flavor::Qsd
@@ -537,7 +548,8 @@ mod tests {
             c.monitors,
             vec![Monitor {
                 endpoint: Endpoint::Unix("/tmp/q.sock".into()),
-                pretty: false
+                pretty: false,
+                label: "c".into(),
             }]
         );
     }

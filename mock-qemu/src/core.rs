@@ -47,6 +47,8 @@ pub struct CoreConfig {
     /// Strict mode: images a commit invalidated may not be used again
     /// (a simulator extension, off by default and for conformance runs).
     pub strict: bool,
+    /// The monitors' character devices (`query-chardev`).
+    pub chardevs: Vec<crate::model::vm::Chardev>,
 }
 
 impl Default for CoreConfig {
@@ -56,6 +58,7 @@ impl Default for CoreConfig {
             start_paused: false,
             stepped_jobs: None,
             strict: false,
+            chardevs: Vec::new(),
         }
     }
 }
@@ -95,6 +98,7 @@ impl Core {
         let mut machine = Machine::new(config.epoch, config.start_paused);
         machine.set_stepped(config.stepped_jobs);
         machine.set_strict(config.strict);
+        machine.vm_mut().chardevs = config.chardevs.clone();
         Core {
             profile,
             machine,

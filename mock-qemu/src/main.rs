@@ -7,6 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use mock_qemu::cmdline::{self, Config, Endpoint};
 use mock_qemu::core::{Core, CoreConfig};
 use mock_qemu::model::clock::VirtualTime;
+use mock_qemu::model::vm::Chardev;
 use mock_qemu::profile::{Flavor, Profile};
 use mock_qemu::server::{Listener, MockQemu};
 use mock_qemu::sys;
@@ -35,6 +36,26 @@ fn main() {
 enum Bound {
     Unix(std::os::unix::net::UnixListener, Option<PathBuf>),
     Tcp(std::net::TcpListener),
+}
+
+impl Bound {
+    /// QEMU's chardev filename of a listening socket (`query-chardev`).
+    fn describe(&self) -> String {
+        match self {
+            Bound::Unix(l, path) => {
+                let p = path.clone().or_else(|| {
+                    l.local_addr()
+                        .ok()
+                        .and_then(|a| a.as_pathname().map(PathBuf::from))
+                });
+                format!("unix:{},server=on", p.unwrap_or_default().display())
+            }
+            Bound::Tcp(l) => match l.local_addr() {
+                Ok(a) => format!("tcp:{}:{},server=on", a.ip(), a.port()),
+                Err(_) => "tcp:,server=on".into(),
+            },
+        }
+    }
 }
 
 fn bind(ep: &Endpoint) -> Result<Bound> {
@@ -176,6 +197,15 @@ fn run(prog: &str, cfg: Config) -> Result<()> {
             start_paused: cfg.start_paused,
             stepped_jobs: cfg.stepped_jobs,
             strict: cfg.strict,
+            chardevs: cfg
+                .monitors
+                .iter()
+                .zip(&bound)
+                .map(|(m, (b, _))| Chardev {
+                    label: m.label.clone(),
+                    filename: b.describe(),
+                })
+                .collect(),
         },
     );
     core.set_host_io(Box::new(mock_qemu::host::RealHostIo::default()));

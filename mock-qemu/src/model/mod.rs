@@ -9,6 +9,7 @@ pub mod exports;
 pub mod graph;
 pub mod jobs;
 pub mod objects;
+pub mod vm;
 
 use clock::{VirtualClock, VirtualTime};
 use graph::{Graph, NodeId};
@@ -209,6 +210,8 @@ pub struct Machine {
     /// progress only as virtual time passes, at their `speed` or else at
     /// this simulated throughput.
     stepped: Option<u64>,
+    /// Chardevs and migration capabilities.
+    vm: vm::Vm,
 }
 
 impl Machine {
@@ -235,7 +238,18 @@ impl Machine {
             quit_requested: false,
             outbox: Vec::new(),
             stepped: None,
+            vm: vm::Vm::default(),
         }
+    }
+
+    /// Chardevs and migration capabilities.
+    pub fn vm(&self) -> &vm::Vm {
+        &self.vm
+    }
+
+    /// Chardevs and migration capabilities, to change.
+    pub fn vm_mut(&mut self) -> &mut vm::Vm {
+        &mut self.vm
     }
 
     /// The virtual clock.

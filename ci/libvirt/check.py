@@ -1,0 +1,180 @@
+#!/usr/bin/python3
+"""libvirt end to end against mock-qemu (and, side by side, real QEMU).
+
+Runs Debian's libvirt 9.0 with its embedded QEMU driver
+(qemu:///embed?root=DIR: no daemon, everything in this process and the
+virsh processes it starts) with mock-qemu as the emulator binary, through
+virsh and through python3-libvirt, the binding OpenStack Nova uses.
+
+    check.py --mock PATH [--real-7.2 PATH] [--real-10.0 PATH] [--profiles 7.2,10.0]
+             [--only domcaps,domain,...] [--bench N]
+
+Checks, per profile:
+  domcaps   `virsh domcapabilities` with mock-qemu as the emulator prints what
+            it prints for the real qemu-system-x86_64 of that version (the
+            <path> line aside); the real one is run live when given.
+
+Every libvirt call runs with a timeout: libvirt waits forever for an event
+that never comes, so a missing event fails the check instead of hanging it.
+Exit status 0 when every check passed. Must run with Debian's python3 (the
+one python3-libvirt is built for): /usr/bin/python3.
+"""
+
+import argparse
+import difflib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+QEMU_CONF = """user = "root"
+group = "root"
+cgroup_controllers = []
+security_driver = "none"
+namespaces = []
+stdio_handler = "file"
+"""
+
+VIRSH_TIMEOUT = 120
+
+
+class Failed(Exception):
+    pass
+
+
+def wrapper(folder, name, program, args=(), env=None):
+    """An executable script libvirt can be given as its emulator."""
+    path = os.path.join(folder, name)
+    lines = ["#!/bin/sh"]
+    prefix = "".join(f"{k}={v} " for k, v in (env or {}).items())
+    quoted = " ".join(f"'{a}'" for a in args)
+    lines.append(f'{prefix}exec \'{program}\' {quoted} "$@"')
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+def mock_emulator(folder, mock, version):
+    return wrapper(folder, f"mock-{version}", mock, ["--profile", version, "--flavor", "system"])
+
+
+def real_emulator(folder, program, version):
+    """The unpacked real build, with the environment an installed one would
+    not need: its libraries and modules live in the unpacked tree."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(program))))
+    lib = os.path.join(root, "usr/lib/x86_64-linux-gnu")
+    env = {}
+    if root != "/" and os.path.isdir(lib):
+        env = {"LD_LIBRARY_PATH": lib, "QEMU_MODULE_DIR": os.path.join(lib, "qemu")}
+    return wrapper(folder, f"real-{version}", program, [], env)
+
+
+class Embed:
+    """A fresh embedded-driver root (no capability cache, no domains)."""
+
+    def __init__(self, base):
+        self.root = tempfile.mkdtemp(prefix="embed-", dir=base)
+        os.makedirs(os.path.join(self.root, "etc"), exist_ok=True)
+        with open(os.path.join(self.root, "etc", "qemu.conf"), "w") as f:
+            f.write(QEMU_CONF)
+        self.uri = f"qemu:///embed?root={self.root}"
+
+    def virsh(self, *commands, timeout=VIRSH_TIMEOUT):
+        """Runs `virsh -c URI 'cmd; cmd'` (one embedded driver for all)."""
+        argv = ["virsh", "-q", "-c", self.uri, "; ".join(commands)]
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise Failed(f"virsh {'; '.join(commands)}: no answer in {timeout} s (a missing event?)") from e
+        if p.returncode != 0:
+            err = "\n".join(l for l in p.stderr.splitlines() if " : " not in l or "error :" in l)
+            raise Failed(f"virsh {'; '.join(commands)}: exit {p.returncode}\n{err}")
+        return p.stdout
+
+    def cleanup(self):
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def domcaps(base, emulator):
+    e = Embed(base)
+    try:
+        t0 = time.monotonic()
+        out = e.virsh(f"domcapabilities --emulatorbin {emulator} --virttype qemu")
+        return out, time.monotonic() - t0
+    finally:
+        e.cleanup()
+
+
+def without_path(xml):
+    return [l for l in xml.splitlines() if not l.strip().startswith("<path>")]
+
+
+def check_domcaps(base, version, mock_emu, real_emu):
+    mock_xml, _ = domcaps(base, mock_emu)
+    if "<domainCapabilities>" not in mock_xml:
+        raise Failed(f"domcapabilities printed no capabilities:\n{mock_xml[:500]}")
+    if real_emu is None:
+        return f"{len(mock_xml)} bytes (no real {version} given: not compared)"
+    real_xml, _ = domcaps(base, real_emu)
+    a, b = without_path(real_xml), without_path(mock_xml)
+    if a != b:
+        diff = "\n".join(difflib.unified_diff(a, b, f"real {version}", f"mock-qemu {version}", lineterm=""))
+        raise Failed(f"domcapabilities differ:\n{diff}")
+    return f"identical to real {version} ({len(a)} lines)"
+
+
+def bench(base, version, mock_emu, real_emu, n):
+    rows = []
+    for name, emu in (("mock-qemu", mock_emu), (f"real {version}", real_emu)):
+        if emu is None:
+            continue
+        times = [domcaps(base, emu)[1] for _ in range(n)]
+        rows.append((name, statistics.median(times)))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mock", required=True)
+    ap.add_argument("--real-7.2", dest="real72")
+    ap.add_argument("--real-10.0", dest="real100")
+    ap.add_argument("--profiles", default="7.2,10.0")
+    ap.add_argument("--only", default="domcaps")
+    ap.add_argument("--bench", type=int, default=0)
+    a = ap.parse_args()
+    if shutil.which("virsh") is None:
+        print("virsh is not installed: run ci/libvirt/setup.sh", file=sys.stderr)
+        return 2
+    base = tempfile.mkdtemp(prefix="libvirt-check-")
+    only = set(a.only.split(","))
+    failures = 0
+    try:
+        for version in a.profiles.split(","):
+            real = {"7.2": a.real72, "10.0": a.real100}.get(version)
+            mock_emu = mock_emulator(base, os.path.abspath(a.mock), version)
+            real_emu = real_emulator(base, real, version) if real else None
+            checks = [("domcaps", check_domcaps)]
+            for name, fn in checks:
+                if name not in only:
+                    continue
+                t0 = time.monotonic()
+                try:
+                    detail = fn(base, version, mock_emu, real_emu)
+                    print(f"ok   {version} {name}: {detail} ({time.monotonic() - t0:.1f} s)")
+                except Failed as e:
+                    failures += 1
+                    print(f"FAIL {version} {name}: {e}")
+            if a.bench:
+                for who, t in bench(base, version, mock_emu, real_emu, a.bench):
+                    print(f"bench {version} probe (virsh domcapabilities, empty cache) {who}: {t:.3f} s median of {a.bench}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
