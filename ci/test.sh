@@ -27,5 +27,10 @@ if ! "$QMP_VENV/bin/python" -c 'import qemu.qmp' 2>/dev/null; then
     "$QMP_VENV/bin/pip" install --quiet --disable-pip-version-check 'qemu.qmp==0.0.6'
 fi
 
+# libvirt 9.0 (embedded driver), virsh and python3-libvirt for the libvirt
+# end-to-end test (conformance/tests/libvirt.rs); installing them removes nothing.
+bash ci/libvirt/setup.sh
+export QMP_CONFORM_LIBVIRT=1
+
 cargo build --workspace --locked
 cargo test --workspace --locked "$@"
