@@ -33,7 +33,10 @@ fn mock_binary() -> PathBuf {
 }
 
 fn have_libvirt() -> bool {
-    let virsh = Command::new("virsh").arg("--version").output().is_ok_and(|o| o.status.success());
+    let virsh = Command::new("virsh")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     let binding = Command::new("/usr/bin/python3")
         .args(["-c", "import libvirt"])
         .output()
@@ -91,10 +94,15 @@ fn run(profile: &str, only: &str) {
             std::env::var("QMP_CONFORM_LIBVIRT").as_deref() != Ok("1"),
             "QMP_CONFORM_LIBVIRT=1 but virsh or python3-libvirt is missing: run ci/libvirt/setup.sh"
         );
-        eprintln!("skipped: virsh / python3-libvirt not installed (ci/libvirt/setup.sh installs them)");
+        eprintln!(
+            "skipped: virsh / python3-libvirt not installed (ci/libvirt/setup.sh installs them)"
+        );
         return;
     }
-    assert!(mock_binary().exists(), "build mock-qemu first (cargo build -p mock-qemu)");
+    assert!(
+        mock_binary().exists(),
+        "build mock-qemu first (cargo build -p mock-qemu)"
+    );
     match check(profile, only) {
         Ok(report) => eprintln!("{report}"),
         Err(report) => panic!("libvirt check failed for profile {profile}:\n{report}"),

@@ -160,6 +160,9 @@ struct Recorded {
     /// Golden transcripts whose static-query replies are served as data
     /// ([`crate::replies`]).
     replies: &'static [&'static str],
+    /// Golden transcripts of a machine with a vCPU (`-M pc`): its CPU's
+    /// answers ([`crate::replies::MACHINE_QUERIES`]).
+    machine_replies: &'static [&'static str],
 }
 
 macro_rules! recorded {
@@ -183,6 +186,7 @@ macro_rules! recorded {
             )),
             int_kinds: include_str!(concat!("../../fixtures/", $dir, "/profile/int-kinds.json")),
             replies: &[],
+            machine_replies: &[],
         })
     };
     ($dir:literal, system) => {
@@ -191,6 +195,11 @@ macro_rules! recorded {
                 "../../fixtures/",
                 $dir,
                 "/transcripts/libvirt/probe.out"
+            ))],
+            machine_replies: &[include_str!(concat!(
+                "../../fixtures/",
+                $dir,
+                "/transcripts/libvirt/domain-start.out"
             ))],
             ..r
         })
@@ -345,13 +354,13 @@ impl Profile {
             query_commands: QObject::from_wire(&qc),
             schema_raw: QObject::from_wire(&schema_v),
             schema,
-            replies: Replies::from_transcripts(self.rec.replies).map_err(|e| {
-                ProfileError::Malformed {
+            replies: Replies::from_transcripts(self.rec.replies)
+                .and_then(|r| r.with_machine(self.rec.machine_replies))
+                .map_err(|e| ProfileError::Malformed {
                     version,
                     flavor,
                     what: format!("recorded replies: {e}"),
-                }
-            })?,
+                })?,
         })
     }
 

@@ -38,6 +38,31 @@ pub const STATIC_QUERIES: &[&str] = &[
     "query-sgx-capabilities",
 ];
 
+/// Questions about the virtual CPU of the recorded machine (libvirt's
+/// start-up conversation: `fixtures/scenarios/libvirt/domain-start.qmp`,
+/// one `qemu64` vCPU): answered only when the mock runs a machine with CPUs
+/// (not `-M none`). `qom-list`/`qom-get` only for paths under [`CPU_PATH`].
+pub const MACHINE_QUERIES: &[&str] = &[
+    "query-hotpluggable-cpus",
+    "query-cpus-fast",
+    "qom-list",
+    "qom-get",
+];
+
+/// The first vCPU's QOM path.
+pub const CPU_PATH: &str = "/machine/unattached/device[0]";
+
+/// Whether a request is one the CPU recording answers.
+fn is_machine_query(name: &str, args: &serde_json::Value) -> bool {
+    match name {
+        "qom-list" | "qom-get" => args
+            .get("path")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|p| p == CPU_PATH || p.starts_with(&format!("{CPU_PATH}/"))),
+        n => MACHINE_QUERIES.contains(&n),
+    }
+}
+
 /// A recorded answer: a `return` value or an error.
 #[derive(Debug, Clone)]
 pub enum Recorded {
@@ -64,6 +89,8 @@ pub enum RepliesError {
 #[derive(Debug, Default)]
 pub struct Replies {
     table: BTreeMap<String, Recorded>,
+    /// [`MACHINE_QUERIES`] answers.
+    machine: BTreeMap<String, Recorded>,
 }
 
 impl Replies {
@@ -71,44 +98,29 @@ impl Replies {
     /// received lines): each static query's answer is the first reply line
     /// (one with `return` or `error`) after it.
     pub fn from_transcripts(texts: &[&str]) -> Result<Replies, RepliesError> {
-        let mut table = BTreeMap::new();
-        for text in texts {
-            let mut pending: Option<String> = None;
-            for (i, line) in text.lines().enumerate() {
-                let bad = |what: String| RepliesError::Malformed { line: i + 1, what };
-                if let Some(sent) = line.strip_prefix("-> ") {
-                    let v: serde_json::Value =
-                        serde_json::from_str(sent).map_err(|e| bad(e.to_string()))?;
-                    let name = v.get("execute").and_then(serde_json::Value::as_str);
-                    pending = match name {
-                        Some(n) if STATIC_QUERIES.contains(&n) => Some(key(
-                            n,
-                            v.get("arguments").unwrap_or(&serde_json::Value::Null),
-                        )),
-                        _ => None,
-                    };
-                } else if let Some(got) = line.strip_prefix("<- ") {
-                    let Some(k) = pending.as_ref() else { continue };
-                    let v: serde_json::Value =
-                        serde_json::from_str(got).map_err(|e| bad(e.to_string()))?;
-                    let answer = if let Some(r) = v.get("return") {
-                        Recorded::Return(r.clone())
-                    } else if let Some(e) = v.get("error") {
-                        let class = e.get("class").and_then(serde_json::Value::as_str);
-                        let class = class
-                            .and_then(ErrorClass::from_name)
-                            .ok_or_else(|| bad(format!("unknown error class {class:?}")))?;
-                        let desc = e.get("desc").and_then(serde_json::Value::as_str);
-                        Recorded::Error(class, desc.unwrap_or_default().to_owned())
-                    } else {
-                        continue; // an event
-                    };
-                    table.entry(k.clone()).or_insert(answer);
-                    pending = None;
-                }
-            }
+        Ok(Replies {
+            table: table(texts, |n, _| STATIC_QUERIES.contains(&n))?,
+            machine: BTreeMap::new(),
+        })
+    }
+
+    /// Adds the answers of a machine with a vCPU ([`MACHINE_QUERIES`]).
+    pub fn with_machine(mut self, texts: &[&str]) -> Result<Replies, RepliesError> {
+        self.machine = table(texts, is_machine_query)?;
+        Ok(self)
+    }
+
+    /// What the recorded machine answered about its vCPU, if asked exactly
+    /// this.
+    pub fn lookup_machine(
+        &self,
+        name: &str,
+        args: &serde_json::Value,
+    ) -> Option<Result<QObject, QmpError>> {
+        if !is_machine_query(name, args) {
+            return None;
         }
-        Ok(Replies { table })
+        self.machine.get(&key(name, args)).map(answer)
     }
 
     /// What the recorded QEMU answered to exactly this request, if it was
@@ -121,10 +133,7 @@ impl Replies {
         if !STATIC_QUERIES.contains(&name) {
             return None;
         }
-        self.table.get(&key(name, args)).map(|r| match r {
-            Recorded::Return(v) => Ok(QObject::from_wire(v)),
-            Recorded::Error(class, desc) => Err(QmpError::new(*class, desc.clone())),
-        })
+        self.table.get(&key(name, args)).map(answer)
     }
 
     /// How many requests are recorded.
@@ -135,6 +144,57 @@ impl Replies {
     /// Whether nothing is recorded (qemu-storage-daemon profiles).
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
+    }
+}
+
+/// Request key → answer for the requests `wanted` picks, from golden
+/// transcripts (`->` sent lines, `<-` received lines): each answer is the
+/// first reply line (one with `return` or `error`) after its request.
+fn table(
+    texts: &[&str],
+    wanted: impl Fn(&str, &serde_json::Value) -> bool,
+) -> Result<BTreeMap<String, Recorded>, RepliesError> {
+    let mut table = BTreeMap::new();
+    for text in texts {
+        let mut pending: Option<String> = None;
+        for (i, line) in text.lines().enumerate() {
+            let bad = |what: String| RepliesError::Malformed { line: i + 1, what };
+            if let Some(sent) = line.strip_prefix("-> ") {
+                let v: serde_json::Value =
+                    serde_json::from_str(sent).map_err(|e| bad(e.to_string()))?;
+                let args = v.get("arguments").unwrap_or(&serde_json::Value::Null);
+                pending = match v.get("execute").and_then(serde_json::Value::as_str) {
+                    Some(n) if wanted(n, args) => Some(key(n, args)),
+                    _ => None,
+                };
+            } else if let Some(got) = line.strip_prefix("<- ") {
+                let Some(k) = pending.as_ref() else { continue };
+                let v: serde_json::Value =
+                    serde_json::from_str(got).map_err(|e| bad(e.to_string()))?;
+                let answer = if let Some(r) = v.get("return") {
+                    Recorded::Return(r.clone())
+                } else if let Some(e) = v.get("error") {
+                    let class = e.get("class").and_then(serde_json::Value::as_str);
+                    let class = class
+                        .and_then(ErrorClass::from_name)
+                        .ok_or_else(|| bad(format!("unknown error class {class:?}")))?;
+                    let desc = e.get("desc").and_then(serde_json::Value::as_str);
+                    Recorded::Error(class, desc.unwrap_or_default().to_owned())
+                } else {
+                    continue; // an event
+                };
+                table.entry(k.clone()).or_insert(answer);
+                pending = None;
+            }
+        }
+    }
+    Ok(table)
+}
+
+fn answer(r: &Recorded) -> Result<QObject, QmpError> {
+    match r {
+        Recorded::Return(v) => Ok(QObject::from_wire(v)),
+        Recorded::Error(class, desc) => Err(QmpError::new(*class, desc.clone())),
     }
 }
 
@@ -242,6 +302,24 @@ mod tests {
             .is_ok());
         let other = serde_json::json!({"model": {"name": "max"}, "type": "static"});
         assert!(r.lookup("query-cpu-model-expansion", &other).is_none());
+    }
+
+    #[test]
+    fn cpu_questions_come_from_the_machine_recording_only() {
+        const M: &str = r#"-> {"execute": "qom-get", "arguments": {"path": "/machine/unattached/device[0]", "property": "lm"}}
+<- {"return": true}
+-> {"execute": "qom-get", "arguments": {"path": "/machine/peripheral/disk0", "property": "drive"}}
+<- {"return": "d"}
+-> {"execute": "query-cpus-fast"}
+<- {"return": [{"cpu-index": 0}]}
+"#;
+        let r = Replies::from_transcripts(&[T]).unwrap().with_machine(&[M]).unwrap();
+        let cpu = serde_json::json!({"path": "/machine/unattached/device[0]", "property": "lm"});
+        assert!(r.lookup_machine("qom-get", &cpu).unwrap().is_ok());
+        assert!(r.lookup("qom-get", &cpu).is_none(), "not a fact of the build");
+        let dev = serde_json::json!({"path": "/machine/peripheral/disk0", "property": "drive"});
+        assert!(r.lookup_machine("qom-get", &dev).is_none(), "device state is modelled, not recorded");
+        assert!(r.lookup_machine("query-cpus-fast", &serde_json::Value::Null).is_some());
     }
 
     #[test]

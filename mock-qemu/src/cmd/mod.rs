@@ -137,10 +137,20 @@ pub fn execute(
         | "block-job-change" => {
             jobs::JobVerb::parse(name, jobs::Family::BlockJob, args)?.apply(ctx)
         }
-        _ => match ctx.profile.replies().lookup(name, &args) {
-            Some(recorded) => recorded,
-            None => Err(not_implemented(ctx.profile, name)),
-        },
+        _ => {
+            let replies = ctx.profile.replies();
+            let machine = || {
+                ctx.machine
+                    .vm()
+                    .has_cpus
+                    .then(|| replies.lookup_machine(name, &args))
+                    .flatten()
+            };
+            match replies.lookup(name, &args).or_else(machine) {
+                Some(recorded) => recorded,
+                None => Err(not_implemented(ctx.profile, name)),
+            }
+        }
     }
 }
 
