@@ -11,6 +11,7 @@ mod commit;
 mod control;
 mod create;
 mod desc;
+mod devices;
 mod drive;
 mod exports;
 mod jobs;
@@ -92,6 +93,8 @@ pub fn execute(
         "blockdev-add" => blockdev::BlockdevAdd::new(dict(&args)).apply(ctx),
         "blockdev-del" => blockdev::BlockdevDel::new(&dict(&args)).apply(ctx),
         "query-block" => blockdev::QueryBlock.apply(ctx),
+        "device_add" => devices::DeviceAdd::new(dict(&args)).apply(ctx),
+        "device_del" => devices::DeviceDel::new(&dict(&args)).apply(ctx),
         "query-named-block-nodes" => blockdev::QueryNamedBlockNodes::new(&dict(&args)).apply(ctx),
         "blockdev-snapshot-sync" => snapshot::BlockdevSnapshotSync::new(dict(&args)).apply(ctx),
         "blockdev-snapshot" => snapshot::BlockdevSnapshot::new(&dict(&args)).apply(ctx),
@@ -285,6 +288,14 @@ pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
             let mut d = QDict::new();
             d.put("id", id.clone());
             ("BLOCK_EXPORT_DELETED", Some(QObject::Dict(d)))
+        }
+        ModelEvent::DeviceDeleted { device, path } => {
+            let mut d = QDict::new();
+            if let Some(id) = device {
+                d.put("device", id.clone());
+            }
+            d.put("path", path.clone());
+            ("DEVICE_DELETED", Some(QObject::Dict(d)))
         }
     }
 }
