@@ -19,6 +19,8 @@ use mock_qemu::profile::{Flavor, Profile, Version};
 use mock_qemu::server::MockQemu;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::scenario::Launch;
+
 /// A bidirectional byte stream.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
@@ -39,6 +41,10 @@ pub trait Target: Send {
     fn workdir(&self) -> Option<&Path>;
     /// A one-line description for reports.
     fn describe(&self) -> String;
+    /// Launches with a scenario's options from now on: a target running
+    /// with other options starts over with these (a fresh work folder, the
+    /// setup commands, the command line).
+    fn set_launch(&mut self, launch: Launch) -> BoxFuture<'_, Result<()>>;
 }
 
 /// Options every launched program gets before its monitor options, per
@@ -62,6 +68,46 @@ pub fn launch_args(flavor: Flavor) -> Vec<String> {
     }
 }
 
+/// [`launch_args`] with a scenario's own options: its words after the
+/// flavor's (`<workdir>` replaced by `dir`), a machine type of its own
+/// replacing the default `-M none`.
+pub fn launch_args_with(flavor: Flavor, launch: &Launch, dir: &Path) -> Vec<String> {
+    let mut args = launch_args(flavor);
+    let own_machine = launch
+        .args
+        .iter()
+        .any(|a| matches!(a.as_str(), "-M" | "-machine" | "--machine"));
+    if own_machine {
+        if let Some(i) = args.iter().position(|a| a == "-M") {
+            args.drain(i..i + 2);
+        }
+    }
+    let dir = dir.display().to_string();
+    args.extend(launch.args.iter().map(|a| a.replace("<workdir>", &dir)));
+    args
+}
+
+/// Runs a scenario's setup commands in the work folder, before launching.
+fn run_launch_setup(launch: &Launch, dir: &Path) -> Result<()> {
+    for cmd in &launch.setup {
+        let cmd = cmd.replace("<workdir>", &dir.display().to_string());
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .current_dir(dir)
+            .output()
+            .with_context(|| format!("launch-setup: {cmd}"))?;
+        if !out.status.success() {
+            bail!(
+                "launch-setup failed ({}): {cmd}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A fresh private work folder (every case starts with an empty one).
 fn work_folder() -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
@@ -71,19 +117,44 @@ fn work_folder() -> Result<tempfile::TempDir> {
 }
 
 /// A mock with the real host side (image files, sockets), as the binary
-/// has; relative file names resolve in `dir`, as a launched target's do in
-/// its working directory.
-fn real_mock(profile: &Arc<Profile>, config: &CoreConfig, dir: &Path) -> MockQemu {
-    let mut core = Core::new(Arc::clone(profile), config);
+/// has, configured by the command line a launched program gets (`launch`'s
+/// setup commands run first); relative file names resolve in `dir`, as a
+/// launched target's do in its working directory.
+fn real_mock(profile: &Arc<Profile>, launch: &Launch, dir: &Path) -> Result<MockQemu> {
+    run_launch_setup(launch, dir)?;
+    let flavor = profile.flavor();
+    let argv0 = match flavor {
+        Flavor::Qsd => "qemu-storage-daemon",
+        Flavor::System => "qemu-system-x86_64",
+    };
+    let cmdline =
+        mock_qemu::cmdline::parse(argv0, &launch_args_with(flavor, launch, dir), |_| None)?;
+    // The monitor a launched target has (`-qmp unix:WORKDIR/qmp.sock`,
+    // see `Process::start`), so `query-chardev` answers alike.
+    let chardevs = vec![mock_qemu::model::vm::Chardev {
+        label: match flavor {
+            Flavor::System => "compat_monitor0".into(),
+            Flavor::Qsd => "mon0".into(),
+        },
+        filename: format!("unix:{},server=on", dir.join("qmp.sock").display()),
+    }];
+    let config = CoreConfig {
+        start_paused: cmdline.start_paused,
+        chardevs,
+        ..CoreConfig::default()
+    };
+    let mut core = Core::new(Arc::clone(profile), &config);
     core.set_host_io(Box::new(mock_qemu::host::RealHostIo::in_dir(dir)));
-    MockQemu::new(core)
+    core.run_cmdline(&cmdline)
+        .map_err(|e| anyhow::anyhow!("{argv0}: {e}"))?;
+    Ok(MockQemu::new(core))
 }
 
 /// mock-qemu in this process.
 #[derive(Debug)]
 pub struct InProcess {
     profile: Arc<Profile>,
-    config: CoreConfig,
+    launch: Launch,
     mock: MockQemu,
     /// Work folder for setup steps and the images a scenario names.
     dir: tempfile::TempDir,
@@ -94,33 +165,12 @@ impl InProcess {
     /// [`launch_args`] gives a launched program.
     pub fn new(version: Version, flavor: Flavor) -> Result<Self> {
         let profile = Profile::get(version, flavor)?;
-        let argv0 = match flavor {
-            Flavor::Qsd => "qemu-storage-daemon",
-            Flavor::System => "qemu-system-x86_64",
-        };
-        let cmdline = mock_qemu::cmdline::parse(argv0, &launch_args(flavor), |_| None)?;
+        let launch = Launch::default();
         let dir = work_folder()?;
-        // The monitor a launched target has (`-qmp unix:WORKDIR/qmp.sock`,
-        // see `Process::start`), so `query-chardev` answers alike.
-        let chardevs = match flavor {
-            Flavor::System => vec![mock_qemu::model::vm::Chardev {
-                label: "compat_monitor0".into(),
-                filename: format!("unix:{},server=on", dir.path().join("qmp.sock").display()),
-            }],
-            Flavor::Qsd => vec![mock_qemu::model::vm::Chardev {
-                label: "mon0".into(),
-                filename: format!("unix:{},server=on", dir.path().join("qmp.sock").display()),
-            }],
-        };
-        let config = CoreConfig {
-            start_paused: cmdline.start_paused,
-            chardevs,
-            ..CoreConfig::default()
-        };
-        let mock = real_mock(&profile, &config, dir.path());
+        let mock = real_mock(&profile, &launch, dir.path())?;
         Ok(InProcess {
             profile,
-            config,
+            launch,
             mock,
             dir,
         })
@@ -140,7 +190,7 @@ impl Target for InProcess {
         Box::pin(async move {
             self.mock.shutdown();
             self.dir = work_folder()?;
-            self.mock = real_mock(&self.profile, &self.config, self.dir.path());
+            self.mock = real_mock(&self.profile, &self.launch, self.dir.path())?;
             Ok(())
         })
     }
@@ -150,6 +200,15 @@ impl Target for InProcess {
     fn describe(&self) -> String {
         format!("mock-qemu (in process, {})", self.profile.label())
     }
+    fn set_launch(&mut self, launch: Launch) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if launch == self.launch {
+                return Ok(());
+            }
+            self.launch = launch;
+            self.restart().await
+        })
+    }
 }
 
 /// How to launch a program that serves QMP on a unix socket.
@@ -157,7 +216,8 @@ impl Target for InProcess {
 pub struct LaunchSpec {
     /// The program.
     pub program: PathBuf,
-    /// Arguments before the monitor arguments.
+    /// The program's own arguments, before the launch options
+    /// ([`launch_args_with`]) and the monitor arguments.
     pub args: Vec<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
@@ -176,6 +236,7 @@ impl LaunchSpec {
         // The program runs in its work folder: resolve a relative path first.
         let program = &absolute(program);
         let mut env = Vec::new();
+        let mut args = Vec::new();
         if let Some(root) = program
             .parent()
             .and_then(Path::parent)
@@ -188,11 +249,21 @@ impl LaunchSpec {
                     "QEMU_MODULE_DIR".into(),
                     lib.join("qemu").display().to_string(),
                 ));
+                // Firmware for machines other than `none` (`-M pc`: SeaBIOS
+                // from Debian's seabios package, option ROMs from the tree).
+                if flavor == Flavor::System {
+                    for dir in [root.join("usr/share/qemu"), "/usr/share/seabios".into()] {
+                        if dir.is_dir() {
+                            args.push("-L".into());
+                            args.push(dir.display().to_string());
+                        }
+                    }
+                }
             }
         }
         LaunchSpec {
             program: program.to_owned(),
-            args: launch_args(flavor),
+            args,
             env,
             flavor,
             settle: Duration::from_millis(50),
@@ -204,16 +275,12 @@ impl LaunchSpec {
         let program = &absolute(program);
         LaunchSpec {
             program: program.to_owned(),
-            args: [
-                vec![
-                    "--profile".into(),
-                    version.name().into(),
-                    "--flavor".into(),
-                    flavor.name().into(),
-                ],
-                launch_args(flavor),
-            ]
-            .concat(),
+            args: vec![
+                "--profile".into(),
+                version.name().into(),
+                "--flavor".into(),
+                flavor.name().into(),
+            ],
             env: vec![],
             flavor,
             settle: Duration::ZERO,
@@ -229,6 +296,7 @@ fn absolute(p: &Path) -> PathBuf {
 #[derive(Debug)]
 pub struct Process {
     spec: LaunchSpec,
+    launch: Launch,
     dir: tempfile::TempDir,
     sock: PathBuf,
     child: Option<tokio::process::Child>,
@@ -241,6 +309,7 @@ impl Process {
         let sock = dir.path().join("qmp.sock");
         let mut p = Process {
             spec,
+            launch: Launch::default(),
             dir,
             sock,
             child: None,
@@ -252,7 +321,13 @@ impl Process {
     async fn start(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(&self.sock);
         let s = self.sock.display().to_string();
+        run_launch_setup(&self.launch, self.dir.path())?;
         let mut args = self.spec.args.clone();
+        args.extend(launch_args_with(
+            self.spec.flavor,
+            &self.launch,
+            self.dir.path(),
+        ));
         match self.spec.flavor {
             Flavor::Qsd => {
                 args.push("--chardev".into());
@@ -349,6 +424,15 @@ impl Target for Process {
     fn describe(&self) -> String {
         format!("{} ({})", self.spec.program.display(), self.spec.flavor)
     }
+    fn set_launch(&mut self, launch: Launch) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if launch == self.launch {
+                return Ok(());
+            }
+            self.launch = launch;
+            self.restart().await
+        })
+    }
 }
 
 /// An already running QMP server.
@@ -389,5 +473,14 @@ impl Target for Socket {
             Socket::Unix(p) => format!("unix:{}", p.display()),
             Socket::Tcp(a) => format!("tcp:{a}"),
         }
+    }
+    fn set_launch(&mut self, launch: Launch) -> BoxFuture<'_, Result<()>> {
+        // A running server was launched by someone else.
+        Box::pin(async move {
+            if launch != Launch::default() {
+                bail!("the scenario needs its own launch options (# args / # launch-setup); a running server cannot take them");
+            }
+            Ok(())
+        })
     }
 }

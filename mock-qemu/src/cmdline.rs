@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 
 use crate::profile::{Flavor, ProfileError, Version};
+use crate::qmp::qobject::{QDict, QObject};
 
 /// How a monitor is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +81,12 @@ pub struct Config {
     /// `-object` / `--object` values, in order (created before the
     /// block devices, as QEMU creates its early backends first).
     pub objects: Vec<String>,
+    /// `-device` values (`DRIVER,key=value…` or JSON), in order (created
+    /// after the block devices, as QEMU does).
+    pub devices: Vec<String>,
+    /// The machine type of `-M`/`-machine` (`none`, `pc`, `q35`,
+    /// `pc-i440fx-7.2`, …; `None`: the default, `pc`).
+    pub machine: Option<String>,
 }
 
 /// A command line QEMU would refuse.
@@ -105,8 +112,6 @@ impl From<ProfileError> for CmdlineError {
 
 /// System-emulator options taking a value that the mock accepts and ignores.
 pub const IGNORED_WITH_ARG: &[&str] = &[
-    "machine",
-    "M",
     "accel",
     "display",
     "m",
@@ -119,7 +124,6 @@ pub const IGNORED_WITH_ARG: &[&str] = &[
     "msg",
     "sandbox",
     "overcommit",
-    "device",
     "drive",
     "netdev",
     "nic",
@@ -286,6 +290,58 @@ fn qmp_endpoint(spec: &str) -> Result<Endpoint, CmdlineError> {
         Err(CmdlineError::Invalid(format!(
             "-qmp {spec}: mock-qemu supports unix: and tcp: monitors"
         )))
+    }
+}
+
+/// A `-blockdev` value: QEMU's JSON form (`{"driver": …}`). The dotted
+/// key=value form needs the schema's type conversions and is not supported.
+pub fn blockdev_args(spec: &str) -> Result<QDict, String> {
+    if !spec.trim_start().starts_with('{') {
+        return Err("mock-qemu supports only the JSON form of -blockdev ({\"driver\": …})".into());
+    }
+    json_dict(spec)
+}
+
+/// `-object`: the JSON form, or `TYPE,id=ID,key=value…` (values stay
+/// strings, so only string-typed properties pass the schema check).
+pub fn object_args(spec: &str) -> Result<QDict, String> {
+    if spec.trim_start().starts_with('{') {
+        return json_dict(spec);
+    }
+    let mut d = QDict::new();
+    for (i, part) in spec.split(',').enumerate() {
+        match part.split_once('=') {
+            Some((k, v)) => d.put(k, v),
+            None if i == 0 => d.put("qom-type", part),
+            None => return Err(format!("Invalid parameter '{part}'")),
+        }
+    }
+    Ok(d)
+}
+
+/// `-device`: the JSON form, or `DRIVER,key=value…` (QemuOpts: `,,` is a
+/// comma; values stay strings, as device properties parse them).
+pub fn device_args(spec: &str) -> Result<QDict, String> {
+    if spec.trim_start().starts_with('{') {
+        return json_dict(spec);
+    }
+    let mut d = QDict::new();
+    for (k, v) in parse_opts(spec, "driver") {
+        d.put(&k, v.as_str());
+    }
+    Ok(d)
+}
+
+fn json_dict(spec: &str) -> Result<QDict, String> {
+    use crate::qmp::json::{JsonStreamer, Parsed};
+    let mut items = Vec::new();
+    let mut s = JsonStreamer::new();
+    s.feed(spec.as_bytes(), &mut items);
+    s.finish(&mut items);
+    match items.into_iter().next() {
+        Some(Parsed::Value(QObject::Dict(d))) => Ok(d),
+        Some(Parsed::Error(e)) => Err(e.to_string()),
+        _ => Err("expected a JSON object".into()),
     }
 }
 
@@ -484,6 +540,23 @@ pub fn parse(
             "object" => {
                 let v = value(name)?;
                 cfg.objects.push(v);
+            }
+            "device" => {
+                system_hint = true;
+                let v = value(name)?;
+                cfg.devices.push(v);
+            }
+            "machine" | "M" => {
+                system_hint = true;
+                let v = value(name)?;
+                // `TYPE,key=value…` or `type=TYPE,…`; options merge, the
+                // last type given wins. Other keys (accel, usb, …) are
+                // accepted and ignored.
+                let opts = parse_opts(&v, "type");
+                if let Some(t) = get(&opts, "type") {
+                    cfg.machine = Some(t.to_owned());
+                }
+                cfg.ignored.push(format!("-{name} {v}"));
             }
             n if IGNORED_WITH_ARG.contains(&n) => {
                 if !double_dash {

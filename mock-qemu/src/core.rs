@@ -200,6 +200,35 @@ impl Core {
         cmd::execute(&mut ctx, command, args_json).map(|_| ())
     }
 
+    /// Applies what a command line creates at start-up, in QEMU's order:
+    /// the machine type, `-object`s, `-blockdev`s, then `-device`s. The
+    /// error is QEMU's start-up message (`-device X: …`).
+    pub fn run_cmdline(&mut self, cfg: &crate::cmdline::Config) -> Result<(), String> {
+        use crate::cmdline::{blockdev_args, device_args, object_args};
+        self.machine
+            .devices_mut()
+            .set_machine_type(cfg.machine.as_deref());
+        let dash = if cfg.flavor == crate::profile::Flavor::Qsd {
+            "--"
+        } else {
+            "-"
+        };
+        type ArgParser = fn(&str) -> Result<QDict, String>;
+        let startup: [(&str, &[String], ArgParser, &str); 3] = [
+            ("object", &cfg.objects, object_args, "object-add"),
+            ("blockdev", &cfg.blockdevs, blockdev_args, "blockdev-add"),
+            ("device", &cfg.devices, device_args, "device_add"),
+        ];
+        for (opt, specs, parse, command) in startup {
+            for spec in specs {
+                let args = parse(spec).map_err(|e| format!("{dash}{opt} {spec}: {e}"))?;
+                self.startup_command(command, args)
+                    .map_err(|e| format!("{dash}{opt} {spec}: {}", e.desc))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The impersonated profile.
     pub fn profile(&self) -> &Arc<Profile> {
         &self.profile

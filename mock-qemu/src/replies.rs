@@ -313,13 +313,24 @@ mod tests {
 -> {"execute": "query-cpus-fast"}
 <- {"return": [{"cpu-index": 0}]}
 "#;
-        let r = Replies::from_transcripts(&[T]).unwrap().with_machine(&[M]).unwrap();
+        let r = Replies::from_transcripts(&[T])
+            .unwrap()
+            .with_machine(&[M])
+            .unwrap();
         let cpu = serde_json::json!({"path": "/machine/unattached/device[0]", "property": "lm"});
         assert!(r.lookup_machine("qom-get", &cpu).unwrap().is_ok());
-        assert!(r.lookup("qom-get", &cpu).is_none(), "not a fact of the build");
+        assert!(
+            r.lookup("qom-get", &cpu).is_none(),
+            "not a fact of the build"
+        );
         let dev = serde_json::json!({"path": "/machine/peripheral/disk0", "property": "drive"});
-        assert!(r.lookup_machine("qom-get", &dev).is_none(), "device state is modelled, not recorded");
-        assert!(r.lookup_machine("query-cpus-fast", &serde_json::Value::Null).is_some());
+        assert!(
+            r.lookup_machine("qom-get", &dev).is_none(),
+            "device state is modelled, not recorded"
+        );
+        assert!(r
+            .lookup_machine("query-cpus-fast", &serde_json::Value::Null)
+            .is_some());
     }
 
     #[test]

@@ -728,24 +728,47 @@ impl BlockdevDel {
     }
 }
 
-/// `query-block`: BlockBackends that have a name or a device. Exports'
-/// backends are anonymous and devices are not modelled yet, so none qualify
-/// today (as recorded); devices will add theirs.
+/// `query-block`: BlockBackends that have a name or a device, oldest
+/// first. Exports' backends are anonymous; devices' are listed with the
+/// device's id (or path) as `qdev` and their node, below any implicit job
+/// filter, as `inserted`.
 #[derive(Debug)]
 pub struct QueryBlock;
 
 impl QueryBlock {
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
-        let named = ctx
-            .machine
-            .graph()
-            .backends()
-            .filter(|(owner, _)| !owner.starts_with("export:"))
-            .count();
-        if named > 0 {
-            return Err(not_implemented(ctx.profile, "query-block (devices)"));
+        let graph = ctx.machine.graph();
+        let mut list = Vec::new();
+        for (owner, node) in graph.backends() {
+            let Some(qdev) = owner.strip_prefix(crate::model::devices::BACKEND_PREFIX) else {
+                continue;
+            };
+            // bdrv_skip_implicit_filters().
+            let mut node = node;
+            while graph.node(node).is_some_and(|n| n.implicit) {
+                match graph
+                    .child(node, "file")
+                    .or_else(|| graph.child(node, "backing"))
+                {
+                    Some(c) => node = c,
+                    None => break,
+                }
+            }
+            let mut d = QDict::new();
+            d.put("device", "");
+            d.put("qdev", qdev);
+            d.put("type", "unknown");
+            d.put("removable", false);
+            d.put("locked", false);
+            d.put("inserted", node_info(ctx, node, false)?);
+            d.put("io-status", "ok");
+            list.push(QObject::Dict(d));
         }
-        Ok(QObject::List(Vec::new()))
+        Ok(shape::reply(
+            ctx.profile.schema(),
+            "query-block",
+            QObject::List(list),
+        ))
     }
 }
 

@@ -100,3 +100,35 @@ impl QueryIothreads {
         Ok(QObject::List(vec![]))
     }
 }
+
+/// `qom-list /machine/peripheral`: the devices that have an id (libvirt
+/// reads it after start-up to learn which devices exist). Other paths are
+/// answered from the recorded machine or refused as not modelled.
+#[derive(Debug)]
+pub struct QomListPeripheral;
+
+impl QomListPeripheral {
+    /// The container's path.
+    pub const PATH: &'static str = "/machine/peripheral";
+
+    pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
+        let prop = |name: &str, ty: &str| {
+            let mut d = QDict::new();
+            d.put("name", name);
+            d.put("type", ty);
+            QObject::Dict(d)
+        };
+        let mut list = vec![prop("type", "string")];
+        // QEMU lists a container's properties in its hash table's order;
+        // the mock lists devices oldest first (the same for one device).
+        for dev in ctx.machine.devices().iter() {
+            if let Some(id) = &dev.id {
+                if !dev.path.starts_with(&format!("{}/", Self::PATH)) {
+                    continue;
+                }
+                list.push(prop(id, &format!("child<{}>", dev.kind.driver())));
+            }
+        }
+        Ok(QObject::List(list))
+    }
+}

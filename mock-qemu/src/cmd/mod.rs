@@ -11,6 +11,7 @@ mod commit;
 mod control;
 mod create;
 mod desc;
+mod devices;
 mod drive;
 mod exports;
 mod jobs;
@@ -92,11 +93,19 @@ pub fn execute(
         "query-migrate-capabilities" => machine::QueryMigrateCapabilities.apply(ctx),
         "migrate-set-capabilities" => machine::MigrateSetCapabilities::parse(args)?.apply(ctx),
         "query-iothreads" => machine::QueryIothreads.apply(ctx),
+        "qom-list"
+            if args.get("path").and_then(serde_json::Value::as_str)
+                == Some(machine::QomListPeripheral::PATH) =>
+        {
+            machine::QomListPeripheral.apply(ctx)
+        }
         "stop" => system::Stop.apply(ctx),
         "cont" => system::Cont.apply(ctx),
         "blockdev-add" => blockdev::BlockdevAdd::new(dict(&args)).apply(ctx),
         "blockdev-del" => blockdev::BlockdevDel::new(&dict(&args)).apply(ctx),
         "query-block" => blockdev::QueryBlock.apply(ctx),
+        "device_add" => devices::DeviceAdd::new(dict(&args)).apply(ctx),
+        "device_del" => devices::DeviceDel::new(&dict(&args)).apply(ctx),
         "query-named-block-nodes" => blockdev::QueryNamedBlockNodes::new(&dict(&args)).apply(ctx),
         "blockdev-snapshot-sync" => snapshot::BlockdevSnapshotSync::new(dict(&args)).apply(ctx),
         "blockdev-snapshot" => snapshot::BlockdevSnapshot::new(&dict(&args)).apply(ctx),
@@ -141,8 +150,8 @@ pub fn execute(
             let replies = ctx.profile.replies();
             let machine = || {
                 ctx.machine
-                    .vm()
-                    .has_cpus
+                    .devices()
+                    .has_cpus()
                     .then(|| replies.lookup_machine(name, &args))
                     .flatten()
             };
@@ -303,6 +312,14 @@ pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
             let mut d = QDict::new();
             d.put("id", id.clone());
             ("BLOCK_EXPORT_DELETED", Some(QObject::Dict(d)))
+        }
+        ModelEvent::DeviceDeleted { device, path } => {
+            let mut d = QDict::new();
+            if let Some(id) = device {
+                d.put("device", id.clone());
+            }
+            d.put("path", path.clone());
+            ("DEVICE_DELETED", Some(QObject::Dict(d)))
         }
     }
 }

@@ -197,6 +197,8 @@ pub const PERM_ALL: u8 = 0xf;
 pub enum PermUser {
     /// An anonymous BlockBackend (an export's).
     Backend,
+    /// A device's BlockBackend, by what QEMU calls it (its id, or a path).
+    Device(String),
     /// A parent node, by name.
     Node(String),
 }
@@ -289,6 +291,8 @@ pub struct Graph {
     nodes: BTreeMap<NodeId, Node>,
     /// BlockBackends attached to nodes (exports, devices), by owner name.
     backends: Vec<(String, NodeId)>,
+    /// The permissions of device BlockBackends (taken, shared), by owner.
+    device_perms: BTreeMap<String, (u8, u8)>,
     next_id: NodeId,
     /// Counter for generated names (`#block%03d` … QEMU counts every
     /// generated name, never reusing one).
@@ -530,9 +534,18 @@ impl Graph {
         self.backends.iter().map(|(o, n)| (o.as_str(), *n))
     }
 
+    /// Attaches a device's BlockBackend (`owner` starts with
+    /// [`crate::model::devices::BACKEND_PREFIX`]) taking `perm` and
+    /// sharing `shared`.
+    pub fn attach_device_backend(&mut self, owner: &str, id: NodeId, perm: u8, shared: u8) {
+        self.backends.push((owner.to_owned(), id));
+        self.device_perms.insert(owner.to_owned(), (perm, shared));
+    }
+
     /// Detaches `owner`'s BlockBackend.
     pub fn detach_backend(&mut self, owner: &str) {
         self.backends.retain(|(o, _)| o != owner);
+        self.device_perms.remove(owner);
     }
 
     /// Frees a node no parent holds and that the monitor does not own,
@@ -593,16 +606,29 @@ impl Graph {
             .iter()
             .rev()
             .filter(|(_, n)| *n == id)
-            .map(|(owner, _)| EdgePerm {
-                user: PermUser::Backend,
-                role: "root".into(),
-                perm: PERM_READ
-                    | if writable_backends.contains(owner) {
-                        PERM_WRITE
-                    } else {
-                        0
-                    },
-                shared: PERM_ALL & !PERM_RESIZE,
+            .map(|(owner, _)| match self.device_perms.get(owner) {
+                Some(&(perm, shared)) => EdgePerm {
+                    user: PermUser::Device(
+                        owner
+                            .strip_prefix(crate::model::devices::BACKEND_PREFIX)
+                            .unwrap_or(owner)
+                            .to_owned(),
+                    ),
+                    role: "root".into(),
+                    perm,
+                    shared,
+                },
+                None => EdgePerm {
+                    user: PermUser::Backend,
+                    role: "root".into(),
+                    perm: PERM_READ
+                        | if writable_backends.contains(owner) {
+                            PERM_WRITE
+                        } else {
+                            0
+                        },
+                    shared: PERM_ALL & !PERM_RESIZE,
+                },
             })
             .collect();
         for p in self.nodes.values().rev() {

@@ -5,6 +5,7 @@
 //! and what it wants to tell clients goes into its outbox as [`ModelEvent`]s.
 
 pub mod clock;
+pub mod devices;
 pub mod exports;
 pub mod graph;
 pub mod jobs;
@@ -121,6 +122,13 @@ pub enum ModelEvent {
         /// The export id.
         id: String,
     },
+    /// `DEVICE_DELETED`.
+    DeviceDeleted {
+        /// The qdev id (absent for an anonymous device).
+        device: Option<String>,
+        /// The QOM path.
+        path: String,
+    },
 }
 
 /// QEMU's rate-limit slice (`BLOCK_JOB_SLICE_TIME`), in microseconds.
@@ -192,6 +200,7 @@ pub struct Machine {
     graph_generation: u64,
     exports: exports::Exports,
     objects: objects::Objects,
+    devices: devices::Devices,
     /// Strict mode is on.
     strict: bool,
     /// Faults injected with `x-mock-inject-fault` / `--mock-fault`.
@@ -225,6 +234,7 @@ impl Machine {
             graph_generation: 0,
             exports: exports::Exports::default(),
             objects: objects::Objects::default(),
+            devices: devices::Devices::default(),
             strict: false,
             injected: Vec::new(),
             deferred: None,
@@ -1100,6 +1110,16 @@ impl Machine {
     /// The NBD server and exports, for changes.
     pub fn exports_mut(&mut self) -> &mut exports::Exports {
         &mut self.exports
+    }
+
+    /// The guest devices.
+    pub fn devices(&self) -> &devices::Devices {
+        &self.devices
+    }
+
+    /// The guest devices, to change.
+    pub fn devices_mut(&mut self) -> &mut devices::Devices {
+        &mut self.devices
     }
 
     /// Graph and exports together (export changes touch both).

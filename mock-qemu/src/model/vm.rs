@@ -21,8 +21,4 @@ pub struct Vm {
     /// Migration capabilities a client set (`migrate-set-capabilities`);
     /// the others have the build's defaults.
     pub migrate_caps: BTreeMap<String, bool>,
-    /// The machine has vCPUs (any machine type but `none`): questions
-    /// about them are answered from the recorded machine
-    /// ([`crate::replies::MACHINE_QUERIES`]).
-    pub has_cpus: bool,
 }

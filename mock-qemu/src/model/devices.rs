@@ -1,0 +1,228 @@
+//! Guest devices as state: the machine type's buses and the storage
+//! devices (`virtio-blk-pci`, `virtio-scsi-pci`, `scsi-hd`) with their QOM
+//! paths. A disk's BlockBackend lives in the graph under the owner name
+//! [`Device::backend_owner`]; this table holds what qdev knows.
+
+/// A device model the mock knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// `virtio-blk-pci`: a PCI disk (its BlockBackend belongs to the
+    /// `virtio-backend` child).
+    VirtioBlkPci,
+    /// `virtio-scsi-pci`: a PCI SCSI controller (provides a SCSI bus).
+    VirtioScsiPci,
+    /// `scsi-hd`: a disk on a SCSI bus.
+    ScsiHd,
+}
+
+impl DeviceKind {
+    /// From a driver name.
+    pub fn from_driver(driver: &str) -> Option<DeviceKind> {
+        match driver {
+            "virtio-blk-pci" => Some(DeviceKind::VirtioBlkPci),
+            "virtio-scsi-pci" => Some(DeviceKind::VirtioScsiPci),
+            "scsi-hd" => Some(DeviceKind::ScsiHd),
+            _ => None,
+        }
+    }
+
+    /// The driver name.
+    pub fn driver(self) -> &'static str {
+        match self {
+            DeviceKind::VirtioBlkPci => "virtio-blk-pci",
+            DeviceKind::VirtioScsiPci => "virtio-scsi-pci",
+            DeviceKind::ScsiHd => "scsi-hd",
+        }
+    }
+
+    /// The bus type it plugs into (`No 'PCI' bus found …`).
+    pub fn bus_type(self) -> &'static str {
+        match self {
+            DeviceKind::VirtioBlkPci | DeviceKind::VirtioScsiPci => "PCI",
+            DeviceKind::ScsiHd => "SCSI",
+        }
+    }
+
+    /// The device that owns the `drive` property (`Property
+    /// 'virtio-blk-device.drive' can't find value …`): virtio-blk-pci
+    /// aliases it to its virtio-blk-device child.
+    pub fn drive_owner(self) -> &'static str {
+        match self {
+            DeviceKind::VirtioBlkPci => "virtio-blk-device",
+            DeviceKind::VirtioScsiPci => "virtio-scsi-pci",
+            DeviceKind::ScsiHd => "scsi-hd",
+        }
+    }
+
+    /// Whether it is a disk (has a `drive`).
+    pub fn is_disk(self) -> bool {
+        matches!(self, DeviceKind::VirtioBlkPci | DeviceKind::ScsiHd)
+    }
+}
+
+/// One device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// The qdev id (`None`: anonymous).
+    pub id: Option<String>,
+    /// The model.
+    pub kind: DeviceKind,
+    /// Its QOM path (`/machine/peripheral/ID`,
+    /// `/machine/peripheral-anon/device[N]`).
+    pub path: String,
+    /// A disk on a SCSI bus: the controller's path.
+    pub bus: Option<String>,
+    /// `device_del` asked the guest to release it (ACPI PCI hot-unplug),
+    /// and the guest has not.
+    pub unplug_pending: bool,
+}
+
+impl Device {
+    /// What `query-block` calls the device (`qdev`) and permission errors
+    /// name (`block device '…'`): the id of a device that has one, else
+    /// its path; a virtio-blk-pci's BlockBackend belongs to its
+    /// `virtio-backend` child, which has no id.
+    pub fn qdev(&self) -> String {
+        match (self.kind, &self.id) {
+            (DeviceKind::VirtioBlkPci, _) => format!("{}/virtio-backend", self.path),
+            (_, Some(id)) => id.clone(),
+            (_, None) => self.path.clone(),
+        }
+    }
+
+    /// The owner name of its BlockBackend in the graph.
+    pub fn backend_owner(&self) -> String {
+        format!("device:{}", self.qdev())
+    }
+}
+
+/// The owner-name prefix of devices' BlockBackends in the graph.
+pub const BACKEND_PREFIX: &str = "device:";
+
+/// Every device, in creation order, and the machine's buses.
+#[derive(Debug, Clone, Default)]
+pub struct Devices {
+    /// The machine type (`None`: QEMU's default, `pc`).
+    machine: Option<String>,
+    list: Vec<Device>,
+}
+
+impl Devices {
+    /// Sets the machine type (`-M`).
+    pub fn set_machine_type(&mut self, machine: Option<&str>) {
+        self.machine = machine.map(str::to_owned);
+    }
+
+    /// Whether the machine has a PCI bus (every type but `none`).
+    pub fn has_pci(&self) -> bool {
+        self.machine.as_deref() != Some("none")
+    }
+
+    /// Whether the machine has vCPUs (every type but `none`).
+    pub fn has_cpus(&self) -> bool {
+        self.machine.as_deref() != Some("none")
+    }
+
+    /// Every device, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Device> {
+        self.list.iter()
+    }
+
+    /// The device with this id, or this QOM path.
+    pub fn find(&self, id_or_path: &str) -> Option<&Device> {
+        if id_or_path.starts_with('/') {
+            self.list.iter().find(|d| d.path == id_or_path)
+        } else {
+            self.list
+                .iter()
+                .find(|d| d.id.as_deref() == Some(id_or_path))
+        }
+    }
+
+    /// The path a new device gets: `/machine/peripheral/ID`, or the lowest
+    /// free `device[N]` under `/machine/peripheral-anon` (QOM's `[*]`).
+    pub fn path_for(&self, id: Option<&str>) -> String {
+        match id {
+            Some(id) => format!("/machine/peripheral/{id}"),
+            None => (0..)
+                .map(|n| format!("/machine/peripheral-anon/device[{n}]"))
+                .find(|p| !self.list.iter().any(|d| &d.path == p))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The SCSI bus a new disk plugs into: the named controller's (`bus`
+    /// as `ID.0`), or the first controller's.
+    pub fn scsi_bus(&self, bus: Option<&str>) -> Option<&Device> {
+        let controllers = self
+            .list
+            .iter()
+            .filter(|d| d.kind == DeviceKind::VirtioScsiPci);
+        match bus {
+            None => controllers.into_iter().next(),
+            Some(b) => {
+                let name = b.strip_suffix(".0").unwrap_or(b);
+                self.list
+                    .iter()
+                    .filter(|d| d.kind == DeviceKind::VirtioScsiPci)
+                    .find(|d| d.id.as_deref() == Some(name))
+            }
+        }
+    }
+
+    /// Adds a device.
+    pub fn add(&mut self, device: Device) {
+        self.list.push(device);
+    }
+
+    /// Marks a device's unplug as requested.
+    pub fn set_unplug_pending(&mut self, path: &str) {
+        if let Some(d) = self.list.iter_mut().find(|d| d.path == path) {
+            d.unplug_pending = true;
+        }
+    }
+
+    /// Removes a device; returns it.
+    pub fn remove(&mut self, path: &str) -> Option<Device> {
+        let i = self.list.iter().position(|d| d.path == path)?;
+        Some(self.list.remove(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(id: Option<&str>, kind: DeviceKind, d: &Devices) -> Device {
+        Device {
+            id: id.map(str::to_owned),
+            kind,
+            path: d.path_for(id),
+            bus: None,
+            unplug_pending: false,
+        }
+    }
+
+    #[test]
+    fn anonymous_paths_take_the_lowest_free_index() {
+        let mut d = Devices::default();
+        let a = dev(None, DeviceKind::VirtioScsiPci, &d);
+        d.add(a);
+        let b = dev(None, DeviceKind::ScsiHd, &d);
+        assert_eq!(b.path, "/machine/peripheral-anon/device[1]");
+        assert_eq!(b.qdev(), "/machine/peripheral-anon/device[1]");
+        d.add(b);
+        d.remove("/machine/peripheral-anon/device[0]");
+        assert_eq!(d.path_for(None), "/machine/peripheral-anon/device[0]");
+    }
+
+    #[test]
+    fn qdev_names_the_virtio_backend_of_a_virtio_blk() {
+        let d = Devices::default();
+        let v = dev(Some("vd0"), DeviceKind::VirtioBlkPci, &d);
+        assert_eq!(v.qdev(), "/machine/peripheral/vd0/virtio-backend");
+        let s = dev(Some("sd0"), DeviceKind::ScsiHd, &d);
+        assert_eq!(s.qdev(), "sd0");
+        assert!(d.has_pci());
+    }
+}
