@@ -13,6 +13,13 @@ Checks, per profile:
   domcaps   `virsh domcapabilities` with mock-qemu as the emulator prints what
             it prints for the real qemu-system-x86_64 of that version (the
             <path> line aside); the real one is run live when given.
+  domain    a domain's life through python3-libvirt (domain_ops.py: start,
+            disk-only snapshots, inactive and active commit, pull, copy with
+            pivot / finish / abort, push full + incremental backups, pull
+            backup over NBD, destroy): every step succeeds, and libvirt's view
+            and the images on disk after each step are the real QEMU's.
+  virsh     the same operations typed as virsh commands in one virsh run:
+            its output is the real QEMU's.
 
 Every libvirt call runs with a timeout: libvirt waits forever for an event
 that never comes, so a missing event fails the check instead of hanging it.
@@ -45,13 +52,14 @@ class Failed(Exception):
     pass
 
 
-def wrapper(folder, name, program, args=(), env=None):
+def wrapper(folder, name, program, args=(), env=None, after=()):
     """An executable script libvirt can be given as its emulator."""
     path = os.path.join(folder, name)
     lines = ["#!/bin/sh"]
     prefix = "".join(f"{k}={v} " for k, v in (env or {}).items())
     quoted = " ".join(f"'{a}'" for a in args)
-    lines.append(f'{prefix}exec \'{program}\' {quoted} "$@"')
+    tail = " ".join(f"'{a}'" for a in after)
+    lines.append(f'{prefix}exec \'{program}\' {quoted} "$@" {tail}')
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     os.chmod(path, 0o755)
@@ -68,9 +76,14 @@ def real_emulator(folder, program, version):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(program))))
     lib = os.path.join(root, "usr/lib/x86_64-linux-gnu")
     env = {}
+    after = []
     if root != "/" and os.path.isdir(lib):
         env = {"LD_LIBRARY_PATH": lib, "QEMU_MODULE_DIR": os.path.join(lib, "qemu")}
-    return wrapper(folder, f"real-{version}", program, [], env)
+        # firmware (SeaBIOS for -M pc): the tree's own data, Debian's seabios
+        for d in (os.path.join(root, "usr/share/qemu"), "/usr/share/seabios"):
+            if os.path.isdir(d):
+                after += ["-L", d]
+    return wrapper(folder, f"real-{version}", program, [], env, after)
 
 
 class Embed:
@@ -127,6 +140,110 @@ def check_domcaps(base, version, mock_emu, real_emu):
     return f"identical to real {version} ({len(a)} lines)"
 
 
+def ops(base, emulator):
+    """domain_ops.py's observations with this emulator (a fresh folder)."""
+    work = tempfile.mkdtemp(prefix="ops-", dir=base)
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        t0 = time.monotonic()
+        p = subprocess.run([sys.executable, os.path.join(here, "domain_ops.py"), emulator, work],
+                           capture_output=True, text=True, timeout=600)
+        took = time.monotonic() - t0
+    except subprocess.TimeoutExpired as e:
+        raise Failed(f"domain_ops.py with {emulator}: no end in 600 s") from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if p.returncode != 0:
+        raise Failed(f"domain_ops.py with {emulator}: exit {p.returncode}\n{p.stderr[-2000:]}")
+    return p.stdout.splitlines(), took
+
+
+def check_domain(base, version, mock_emu, real_emu):
+    mock, took = ops(base, mock_emu)
+    errors = [l for l in mock if '"error"' in l]
+    steps = len(mock)
+    if real_emu is None:
+        if errors:
+            raise Failed("steps failed with mock-qemu:\n" + "\n".join(errors))
+        return f"{steps} steps, no error in {took:.1f} s (no real {version} given: not compared)"
+    real, real_took = ops(base, real_emu)
+    if mock != real:
+        diff = "\n".join(difflib.unified_diff(real, mock, f"real {version}", f"mock-qemu {version}", lineterm=""))
+        raise Failed(f"libvirt saw different outcomes:\n{diff}")
+    if errors:
+        raise Failed("steps failed (with real QEMU too):\n" + "\n".join(errors))
+    return f"{steps} steps, same outcome as real {version} (mock {took:.1f} s, real {real_took:.1f} s)"
+
+
+VIRSH_OPS = [
+    "define {dir}/dom.xml", "start ops",
+    "snapshot-create-as ops s1 --disk-only --no-metadata --diskspec vda,file={dir}/s1.qcow2",
+    "snapshot-create-as ops s2 --disk-only --no-metadata --diskspec vda,file={dir}/s2.qcow2",
+    "domblklist ops",
+    "blockcommit ops vda --top {dir}/s1.qcow2 --wait", "domblklist ops",
+    "blockcommit ops vda --active --pivot --wait", "domblklist ops",
+    "snapshot-create-as ops s3 --disk-only --no-metadata --diskspec vda,file={dir}/s3.qcow2",
+    "blockpull ops vda --wait", "domblklist ops",
+    "blockcopy ops vda {dir}/copy.qcow2 --format qcow2 --transient-job --wait --pivot", "domblklist ops",
+    "blockcopy ops vda {dir}/copy2.qcow2 --format qcow2 --transient-job --wait --finish", "domblklist ops",
+    "blockcopy ops vda {dir}/copy3.qcow2 --format qcow2 --transient-job",
+    "blockjob ops vda --abort", "domblklist ops",
+    "backup-begin ops {dir}/backup.xml", "domjobinfo ops --completed",
+    "destroy ops", "undefine ops --checkpoints-metadata",
+]
+
+
+def check_virsh(base, version, mock_emu, real_emu):
+    def run(emulator):
+        work = tempfile.mkdtemp(prefix="virsh-", dir=base)
+        try:
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", f"{work}/disk.qcow2", "64M"], check=True)
+            with open(f"{work}/dom.xml", "w") as f:
+                f.write(DOMAIN_XML.format(emulator=emulator, dir=work))
+            with open(f"{work}/backup.xml", "w") as f:
+                f.write(f"<domainbackup><disks><disk name='vda' type='file'><target file='{work}/backup.qcow2'/>"
+                        "<driver type='qcow2'/></disk></disks></domainbackup>")
+            e = Embed(work)
+            t0 = time.monotonic()
+            out = e.virsh(*[c.format(dir=work) for c in VIRSH_OPS], timeout=300)
+            took = time.monotonic() - t0
+            # what varies between runs: the work folder, job timings
+            lines = [l.replace(work, "DIR").rstrip() for l in out.splitlines()]
+            keep = [l for l in lines if l and not l.startswith(("Time ", "Operation:", "Job type:"))
+                    and "Block " not in l]
+            return keep, took
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    mock, took = run(mock_emu)
+    if real_emu is None:
+        return f"{len(mock)} lines in {took:.1f} s (no real {version} given: not compared)"
+    real, real_took = run(real_emu)
+    if mock != real:
+        diff = "\n".join(difflib.unified_diff(real, mock, f"real {version}", f"mock-qemu {version}", lineterm=""))
+        raise Failed(f"virsh printed different things:\n{diff}")
+    return f"{len(VIRSH_OPS)} virsh commands, same output as real {version} (mock {took:.1f} s, real {real_took:.1f} s)"
+
+
+DOMAIN_XML = """<domain type='qemu'>
+  <name>ops</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <features><acpi/></features>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>{emulator}</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{dir}/disk.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
 def bench(base, version, mock_emu, real_emu, n):
     rows = []
     for name, emu in (("mock-qemu", mock_emu), (f"real {version}", real_emu)):
@@ -143,7 +260,7 @@ def main():
     ap.add_argument("--real-7.2", dest="real72")
     ap.add_argument("--real-10.0", dest="real100")
     ap.add_argument("--profiles", default="7.2,10.0")
-    ap.add_argument("--only", default="domcaps")
+    ap.add_argument("--only", default="domcaps,domain,virsh")
     ap.add_argument("--bench", type=int, default=0)
     a = ap.parse_args()
     if shutil.which("virsh") is None:
@@ -157,7 +274,7 @@ def main():
             real = {"7.2": a.real72, "10.0": a.real100}.get(version)
             mock_emu = mock_emulator(base, os.path.abspath(a.mock), version)
             real_emu = real_emulator(base, real, version) if real else None
-            checks = [("domcaps", check_domcaps)]
+            checks = [("domcaps", check_domcaps), ("domain", check_domain), ("virsh", check_virsh)]
             for name, fn in checks:
                 if name not in only:
                     continue

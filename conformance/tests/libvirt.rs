@@ -118,3 +118,26 @@ fn domcapabilities_match_the_real_emulator_7_2() {
 fn domcapabilities_match_the_real_emulator_10_0() {
     run("10.0", "domcaps");
 }
+
+/// python3-libvirt: start, snapshots, commits, pull, copies, backups
+/// (push full and incremental, pull over NBD), destroy.
+#[test]
+fn python_libvirt_domain_operations_7_2() {
+    run("7.2", "domain");
+}
+
+#[test]
+fn python_libvirt_domain_operations_10_0() {
+    run("10.0", "domain");
+}
+
+/// The same operations as virsh commands.
+#[test]
+fn virsh_domain_operations_7_2() {
+    run("7.2", "virsh");
+}
+
+#[test]
+fn virsh_domain_operations_10_0() {
+    run("10.0", "virsh");
+}

@@ -87,6 +87,9 @@ pub struct Config {
     /// The machine type of `-M`/`-machine` (`none`, `pc`, `q35`,
     /// `pc-i440fx-7.2`, …; `None`: the default, `pc`).
     pub machine: Option<String>,
+    /// Accelerators to try, in order (`-accel`, `-machine accel=a:b`,
+    /// `-enable-kvm`); empty: QEMU's default, `tcg`.
+    pub accel: Vec<String>,
 }
 
 /// A command line QEMU would refuse.
@@ -112,7 +115,6 @@ impl From<ProfileError> for CmdlineError {
 
 /// System-emulator options taking a value that the mock accepts and ignores.
 pub const IGNORED_WITH_ARG: &[&str] = &[
-    "accel",
     "display",
     "m",
     "smp",
@@ -170,7 +172,6 @@ pub const IGNORED_FLAGS: &[&str] = &[
     "nographic",
     "no-shutdown",
     "no-reboot",
-    "enable-kvm",
     "no-hpet",
     "no-acpi",
     "usb",
@@ -556,7 +557,22 @@ pub fn parse(
                 if let Some(t) = get(&opts, "type") {
                     cfg.machine = Some(t.to_owned());
                 }
+                if let Some(a) = get(&opts, "accel") {
+                    cfg.accel.extend(a.split(':').map(str::to_owned));
+                }
                 cfg.ignored.push(format!("-{name} {v}"));
+            }
+            "accel" => {
+                system_hint = true;
+                let v = value(name)?;
+                let opts = parse_opts(&v, "accel");
+                if let Some(a) = get(&opts, "accel") {
+                    cfg.accel.push(a.to_owned());
+                }
+            }
+            "enable-kvm" => {
+                system_hint = true;
+                cfg.accel.push("kvm".into());
             }
             n if IGNORED_WITH_ARG.contains(&n) => {
                 if !double_dash {
@@ -688,6 +704,16 @@ mod tests {
             p(&["--bogus"]).unwrap_err(),
             CmdlineError::Getopt("unrecognized option '--bogus'".into())
         );
+    }
+
+    #[test]
+    fn accelerators_in_the_order_given() {
+        let c = p(&["-machine", "none,accel=kvm:tcg", "-S"]).unwrap();
+        assert_eq!(c.accel, ["kvm", "tcg"]);
+        let c = p(&["-accel", "tcg", "-enable-kvm"]).unwrap();
+        assert_eq!(c.accel, ["tcg", "kvm"]);
+        assert!(!crate::sys::kvm_accelerated(&c.accel), "tcg comes first");
+        assert!(!crate::sys::kvm_accelerated(&[]), "QEMU's default is tcg");
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct CoreConfig {
     pub strict: bool,
     /// The monitors' character devices (`query-chardev`).
     pub chardevs: Vec<crate::model::vm::Chardev>,
+    /// KVM is in use (`query-kvm`; [`crate::sys::kvm_accelerated`]).
+    pub kvm: bool,
 }
 
 impl Default for CoreConfig {
@@ -59,6 +61,7 @@ impl Default for CoreConfig {
             stepped_jobs: None,
             strict: false,
             chardevs: Vec::new(),
+            kvm: false,
         }
     }
 }
@@ -99,6 +102,7 @@ impl Core {
         machine.set_stepped(config.stepped_jobs);
         machine.set_strict(config.strict);
         machine.vm_mut().chardevs = config.chardevs.clone();
+        machine.vm_mut().kvm = config.kvm;
         Core {
             profile,
             machine,

@@ -157,6 +157,7 @@ fn run(prog: &str, cfg: Config) -> Result<()> {
             start_paused: cfg.start_paused,
             stepped_jobs: cfg.stepped_jobs,
             strict: cfg.strict,
+            kvm: sys::kvm_accelerated(&cfg.accel),
             chardevs: cfg
                 .monitors
                 .iter()

@@ -97,3 +97,26 @@ impl Daemon {
         }
     }
 }
+
+/// Whether QEMU would run with KVM given these accelerators in order: the
+/// first that works is used (`kvm` works when `/dev/kvm` opens for reading
+/// and writing, `tcg` always); none given means `tcg`.
+pub fn kvm_accelerated(accels: &[String]) -> bool {
+    for a in accels {
+        match a.as_str() {
+            "kvm" => {
+                let ok = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/kvm")
+                    .is_ok();
+                if ok {
+                    return true;
+                }
+            }
+            "tcg" => return false,
+            _ => {}
+        }
+    }
+    false
+}

@@ -90,6 +90,32 @@ impl MigrateSetCapabilities {
     }
 }
 
+/// `query-kvm`: whether KVM is built in (recorded from the build) and in
+/// use (the command line's accelerator choice on this host).
+#[derive(Debug)]
+pub struct QueryKvm;
+
+impl QueryKvm {
+    pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
+        let name = "query-kvm";
+        let base = match ctx.profile.replies().lookup(name, &serde_json::Value::Null) {
+            Some(r) => r?,
+            None => return Err(not_implemented(ctx.profile, name)),
+        };
+        match base {
+            QObject::Dict(mut d) => {
+                let present = d.get("present").and_then(|p| match p {
+                    QObject::Bool(b) => Some(*b),
+                    _ => None,
+                });
+                d.put("enabled", present == Some(true) && ctx.machine.vm().kvm);
+                Ok(QObject::Dict(d))
+            }
+            other => Ok(other),
+        }
+    }
+}
+
 /// `query-iothreads`: the mock runs no I/O threads (`-object iothread` is
 /// not modelled).
 #[derive(Debug)]

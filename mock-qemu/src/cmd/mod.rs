@@ -93,6 +93,7 @@ pub fn execute(
         "query-migrate-capabilities" => machine::QueryMigrateCapabilities.apply(ctx),
         "migrate-set-capabilities" => machine::MigrateSetCapabilities::parse(args)?.apply(ctx),
         "query-iothreads" => machine::QueryIothreads.apply(ctx),
+        "query-kvm" => machine::QueryKvm.apply(ctx),
         "qom-list"
             if args.get("path").and_then(serde_json::Value::as_str)
                 == Some(machine::QomListPeripheral::PATH) =>

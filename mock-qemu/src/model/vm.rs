@@ -21,4 +21,7 @@ pub struct Vm {
     /// Migration capabilities a client set (`migrate-set-capabilities`);
     /// the others have the build's defaults.
     pub migrate_caps: BTreeMap<String, bool>,
+    /// The guest runs under KVM (`query-kvm` `enabled`): an accelerator
+    /// choice the command line made on this host.
+    pub kvm: bool,
 }
