@@ -83,6 +83,17 @@ pub struct StoredBitmap {
     pub auto: bool,
 }
 
+/// A persistent bitmap the image is to store when its node closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistBitmap {
+    /// Its name.
+    pub name: String,
+    /// Bytes per bit.
+    pub granularity: u64,
+    /// Recording (stored with the `auto` flag).
+    pub enabled: bool,
+}
+
 /// A dirty bitmap of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bitmap {
