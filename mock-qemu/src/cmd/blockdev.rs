@@ -438,7 +438,9 @@ impl Opener<'_, '_> {
                 };
                 // qcow2_load_dirty_bitmaps(): the image's persistent bitmaps,
                 // recording if stored so and the node is writable, read-only
-                // on a read-only node.
+                // on a read-only node; one found in use is inconsistent. A
+                // writable node marks the others in use in the image.
+                let mark_in_use = !node.read_only && header.bitmaps.iter().any(|b| !b.in_use);
                 node.bitmaps = header
                     .bitmaps
                     .iter()
@@ -450,6 +452,7 @@ impl Opener<'_, '_> {
                         count: 0,
                         busy: false,
                         readonly: node.read_only,
+                        inconsistent: b.in_use,
                         locked: false,
                         tracks_progress: false,
                         owner: None,
@@ -458,6 +461,13 @@ impl Opener<'_, '_> {
                 node.qcow2 = Some(header);
                 let backing_inherit = Inherited::backing_of(&node);
                 let id = self.insert(name, node)?;
+                if mark_in_use {
+                    self.ctx.machine.graph_mut().push_effect(
+                        crate::model::Effect::MarkBitmapsInUse {
+                            filename: facts.filename.clone(),
+                        },
+                    );
+                }
                 let backing = match a.get("backing") {
                     Some(QObject::Null) => None,
                     Some(def) => Some(
@@ -537,6 +547,7 @@ pub(super) fn anonymous_bitmap(
         owner: Some(owner),
         busy: false,
         readonly: false,
+        inconsistent: false,
         locked: false,
         tracks_progress: false,
     }
@@ -1107,6 +1118,9 @@ fn node_info(ctx: &Context<'_>, id: NodeId, flat: bool) -> Result<QDict, QmpErro
                 );
                 m.put("granularity", b.granularity);
                 m.put("count", b.count);
+                if b.inconsistent {
+                    m.put("inconsistent", true);
+                }
                 QObject::Dict(m)
             })
             .collect();

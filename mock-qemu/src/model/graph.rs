@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::Effect;
 use crate::qmp::qobject::QDict;
 
 /// Identifies a node for the life of the process (never reused).
@@ -111,6 +112,9 @@ pub struct Bitmap {
     pub busy: bool,
     /// Loaded from an image opened read-only: it cannot be changed.
     pub readonly: bool,
+    /// Loaded from an image that had it marked in use (its writer did not
+    /// close it): its bits are lost, it cannot be used, only removed.
+    pub inconsistent: bool,
     /// Busy because an export reads it, not because a job froze it (QEMU
     /// 5.2's status tells `locked` from `frozen`).
     pub locked: bool,
@@ -307,6 +311,9 @@ pub struct Graph {
     /// Nodes running jobs hold a reference to (set by the machine): they
     /// are not freed while held.
     job_held: BTreeSet<NodeId>,
+    /// Changes to files the host is to make, in order (closing a qcow2
+    /// node stores its persistent bitmaps; jobs rewrite headers).
+    effects: Vec<Effect>,
 }
 
 /// QEMU's `id_wellformed()`.
@@ -456,6 +463,7 @@ impl Graph {
         if let Some(f) = filtered {
             self.replace_node(id, f);
         }
+        self.store_on_close(id);
         let Some(node) = self.nodes.remove(&id) else {
             return;
         };
@@ -558,6 +566,9 @@ impl Graph {
     /// Removes nodes a failed `blockdev-add` created (generated names stay
     /// consumed, as in QEMU).
     pub fn discard(&mut self, ids: &[NodeId]) {
+        for id in ids {
+            self.store_on_close(*id);
+        }
         for id in ids {
             self.nodes.remove(id);
         }
@@ -728,8 +739,93 @@ impl Graph {
     /// generated-name counter where it is, as QEMU does.
     pub fn restore(&mut self, saved: Graph) {
         let next_auto = self.next_auto;
+        let effects = std::mem::take(&mut self.effects);
         *self = saved;
         self.next_auto = next_auto;
+        // What was written stays written.
+        self.effects = effects;
+    }
+
+    /// Queues a change to a file.
+    pub fn push_effect(&mut self, e: Effect) {
+        self.effects.push(e);
+    }
+
+    /// Takes the queued changes to files, in order.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The file a format node's metadata lives in: down its `file`
+    /// children to a protocol node's file.
+    pub fn image_filename(&self, id: NodeId) -> Option<String> {
+        let mut cur = self.nodes.get(&id)?;
+        for _ in 0..64 {
+            if let Some(f) = &cur.file {
+                return Some(f.filename.clone());
+            }
+            cur = self.nodes.get(&self.child_of(cur, "file")?)?;
+        }
+        None
+    }
+
+    fn child_of(&self, n: &Node, role: &str) -> Option<NodeId> {
+        n.children.iter().find(|(r, _)| r == role).map(|(_, c)| *c)
+    }
+
+    /// `qcow2_inactivate()` of a closing node: a writable qcow2 node's
+    /// persistent bitmaps that are neither read-only nor inconsistent are
+    /// stored in its image (newest first, QEMU's list order), and released.
+    fn store_on_close(&mut self, id: NodeId) {
+        let Some(n) = self.nodes.get(&id) else {
+            return;
+        };
+        if n.driver != "qcow2" || n.read_only {
+            return;
+        }
+        let bitmaps: Vec<PersistBitmap> = n
+            .bitmaps
+            .iter()
+            .rev()
+            .filter(|b| b.persistent && !b.readonly && !b.inconsistent)
+            .filter_map(|b| {
+                Some(PersistBitmap {
+                    name: b.name.clone()?,
+                    granularity: b.granularity,
+                    enabled: b.recording,
+                })
+            })
+            .collect();
+        if bitmaps.is_empty() {
+            return;
+        }
+        if let Some(filename) = self.image_filename(id) {
+            self.effects
+                .push(Effect::StoreBitmaps { filename, bitmaps });
+        }
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.bitmaps.retain(|b| !b.persistent);
+        }
+    }
+
+    /// `bdrv_close_all()` as the process exits: every node stores its
+    /// persistent bitmaps.
+    pub fn close_all(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.store_on_close(id);
+        }
+    }
+
+    /// A file changed on disk: the nodes opened on it see its new size.
+    pub fn refresh_file(&mut self, facts: &FileFacts) {
+        for n in self.nodes.values_mut() {
+            if let Some(f) = n.file.as_mut().filter(|f| f.filename == facts.filename) {
+                f.size = facts.size;
+                f.allocated = facts.allocated;
+                n.size = facts.size.div_ceil(512) * 512;
+            }
+        }
     }
 
     /// A node, for changes that keep the graph's shape (bitmaps, flags).
@@ -763,6 +859,7 @@ impl Graph {
     }
 
     fn remove_unreferenced(&mut self, id: NodeId) {
+        self.store_on_close(id);
         let Some(node) = self.nodes.remove(&id) else {
             return;
         };
