@@ -181,13 +181,18 @@ impl BitmapAdd {
         // to hold it.
         if self.persistent {
             if let Some(q) = &n.qcow2 {
-                let why = if n
-                    .bitmaps
+                // A taken name is refused plainly first (as real QEMU
+                // does), then the image's own limits, worded with a prefix.
+                if n.bitmaps
                     .iter()
                     .any(|b| b.name.as_deref() == Some(self.name.as_str()))
                 {
-                    Some(format!("Bitmap already exists: {}", self.name))
-                } else if q.version < 3 {
+                    return Err(QmpError::generic(format!(
+                        "Bitmap already exists: {}",
+                        self.name
+                    )));
+                }
+                let why = if q.version < 3 {
                     Some("Cannot store dirty bitmaps in qcow2 v2 files".to_owned())
                 } else if granularity > 1 << 31 {
                     Some("Granularity exceeds maximum (2147483648 bytes)".to_owned())

@@ -448,7 +448,9 @@ impl Opener<'_, '_> {
                         name: Some(b.name.clone()),
                         granularity: b.granularity,
                         persistent: true,
-                        recording: b.auto && !node.read_only,
+                        // An inconsistent bitmap is disabled
+                        // (bdrv_dirty_bitmap_set_inconsistent()).
+                        recording: b.auto && !node.read_only && !b.in_use,
                         count: 0,
                         busy: false,
                         readonly: node.read_only,
@@ -983,11 +985,12 @@ fn image_info(graph: &Graph, id: NodeId, nested: bool) -> Option<QDict> {
     if let Some(q) = &node.qcow2 {
         let mut data = QDict::new();
         data.put("compat", if q.version >= 3 { "1.1" } else { "0.10" });
+        // Every version reports the compression type, v2 images too.
+        data.put(
+            "compression-type",
+            if q.compression_zstd { "zstd" } else { "zlib" },
+        );
         if q.version >= 3 {
-            data.put(
-                "compression-type",
-                if q.compression_zstd { "zstd" } else { "zlib" },
-            );
             data.put("lazy-refcounts", q.lazy_refcounts);
         }
         data.put("refcount-bits", i64::from(q.refcount_bits));
@@ -1106,7 +1109,9 @@ fn node_info(ctx: &Context<'_>, id: NodeId, flat: bool) -> Result<QDict, QmpErro
                 // Dropped from the schema after 5.2; the projection decides.
                 m.put(
                     "status",
-                    if b.busy && b.locked {
+                    if b.inconsistent {
+                        "inconsistent"
+                    } else if b.busy && b.locked {
                         "locked"
                     } else if b.busy {
                         "frozen"
