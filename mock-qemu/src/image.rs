@@ -1264,54 +1264,82 @@ mod tests {
     /// bytes QEMU 10.0 leaves (`qemu-img bitmap` runs the same qcow2 code
     /// as a storage daemon: open read-write, marking stored bitmaps in use;
     /// the change; close, storing every bitmap again), and images
-    /// `qemu-img check` finds clean.
+    /// `qemu-img check` finds clean: 64 KiB and 4 KiB clusters, 1-bit
+    /// refcounts, an image with a backing file (its name and format
+    /// extension kept around the bitmaps extension).
     #[test]
     fn bitmaps_are_stored_as_qemu_stores_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let at = |n: &str| dir.path().join(n).display().to_string();
-        let (mine, theirs) = (at("mine.qcow2"), at("theirs.qcow2"));
-        create_qcow2(&mine, 1 << 20, None).unwrap();
-        if !qemu_img(&["create", "-q", "-f", "qcow2", &theirs, "1M"]) {
-            eprintln!("qemu-img not available: skipped");
-            return;
+        let cases: [(&str, &[&str]); 4] = [
+            ("plain", &[]),
+            ("small-clusters", &["-o", "cluster_size=4096"]),
+            ("one-bit-refcounts", &["-o", "refcount_bits=1"]),
+            ("overlay", &["-u", "-b", "base.raw", "-F", "raw"]),
+        ];
+        for (name, opts) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let at = |n: &str| dir.path().join(n).display().to_string();
+            let (mine, theirs) = (at("mine.qcow2"), at("theirs.qcow2"));
+            let mut args = vec!["create", "-q", "-f", "qcow2"];
+            args.extend_from_slice(opts);
+            args.extend_from_slice(&[&theirs, "1M"]);
+            if !qemu_img(&args) {
+                eprintln!("qemu-img not available: skipped");
+                return;
+            }
+            if name == "overlay" {
+                qemu_img(&["create", "-q", "-f", "raw", &at("base.raw"), "1M"]);
+            }
+            if name == "plain" {
+                // The mock's own images start the same.
+                create_qcow2(&mine, 1 << 20, None).unwrap();
+            } else {
+                std::fs::copy(&theirs, &mine).unwrap();
+            }
+            bitmap_sequence(name, &mine, &theirs);
         }
+    }
+
+    fn bitmap_sequence(case: &str, mine: &str, theirs: &str) {
         let same = |step: &str| {
-            let (a, b) = (
-                std::fs::read(&mine).unwrap(),
-                std::fs::read(&theirs).unwrap(),
+            let (a, b) = (std::fs::read(mine).unwrap(), std::fs::read(theirs).unwrap());
+            assert_eq!(a.len(), b.len(), "{case}, {step}: file length");
+            assert!(a == b, "{case}, {step}: bytes differ from QEMU's");
+            assert!(
+                qemu_img(&["check", "-q", mine]),
+                "{case}, {step}: qemu-img check"
             );
-            assert_eq!(a.len(), b.len(), "{step}: file length");
-            assert!(a == b, "{step}: bytes differ from QEMU's");
-            assert!(qemu_img(&["check", "-q", &mine]), "{step}: qemu-img check");
         };
-        // A new disabled bitmap, default granularity.
-        store_qcow2_bitmaps(&mine, &[pb("p", 65536, false)]).unwrap();
-        qemu_img(&["bitmap", "--add", "--disable", &theirs, "p"]);
+        let cluster = read_qcow2(mine).unwrap().cluster_size;
+        // A new disabled bitmap, default granularity (the cluster size).
+        store_qcow2_bitmaps(mine, &[pb("p", cluster, false)]).unwrap();
+        qemu_img(&["bitmap", "--add", "--disable", theirs, "p"]);
         same("add disabled");
-        assert_eq!(std::fs::metadata(&mine).unwrap().len(), 327_712);
-        // Another, enabled, 128 KiB: the stored one is marked in use on
+        if case == "plain" {
+            assert_eq!(std::fs::metadata(mine).unwrap().len(), 327_712);
+        }
+        // Another, enabled, 512 B: the stored one is marked in use on
         // open and stored anew (newest first) at close.
-        mark_qcow2_bitmaps_in_use(&mine).unwrap();
-        store_qcow2_bitmaps(&mine, &[pb("second", 131072, true), pb("p", 65536, false)]).unwrap();
-        qemu_img(&["bitmap", "--add", "-g", "131072", &theirs, "second"]);
+        mark_qcow2_bitmaps_in_use(mine).unwrap();
+        store_qcow2_bitmaps(mine, &[pb("second", 512, true), pb("p", cluster, false)]).unwrap();
+        qemu_img(&["bitmap", "--add", "-g", "512", theirs, "second"]);
         same("add enabled");
         // Enabling a stored bitmap.
-        mark_qcow2_bitmaps_in_use(&mine).unwrap();
-        store_qcow2_bitmaps(&mine, &[pb("p", 65536, true), pb("second", 131072, true)]).unwrap();
-        qemu_img(&["bitmap", "--enable", &theirs, "p"]);
+        mark_qcow2_bitmaps_in_use(mine).unwrap();
+        store_qcow2_bitmaps(mine, &[pb("p", cluster, true), pb("second", 512, true)]).unwrap();
+        qemu_img(&["bitmap", "--enable", theirs, "p"]);
         same("enable");
         // Removing one: a new directory at once, the rest stored at close.
-        mark_qcow2_bitmaps_in_use(&mine).unwrap();
-        remove_qcow2_bitmap(&mine, "second").unwrap();
-        store_qcow2_bitmaps(&mine, &[pb("p", 65536, true)]).unwrap();
-        qemu_img(&["bitmap", "--remove", &theirs, "second"]);
+        mark_qcow2_bitmaps_in_use(mine).unwrap();
+        remove_qcow2_bitmap(mine, "second").unwrap();
+        store_qcow2_bitmaps(mine, &[pb("p", cluster, true)]).unwrap();
+        qemu_img(&["bitmap", "--remove", theirs, "second"]);
         same("remove one");
         // Removing the last: no directory, no extension, autoclear off.
-        mark_qcow2_bitmaps_in_use(&mine).unwrap();
-        remove_qcow2_bitmap(&mine, "p").unwrap();
-        qemu_img(&["bitmap", "--remove", &theirs, "p"]);
+        mark_qcow2_bitmaps_in_use(mine).unwrap();
+        remove_qcow2_bitmap(mine, "p").unwrap();
+        qemu_img(&["bitmap", "--remove", theirs, "p"]);
         same("remove last");
-        assert!(read_qcow2(&mine).unwrap().bitmaps.is_empty());
+        assert!(read_qcow2(mine).unwrap().bitmaps.is_empty());
     }
 
     fn header(version: u32, backing_offset: u64, backing_len: u32) -> Vec<u8> {

@@ -727,6 +727,15 @@ impl Graph {
     /// Marks a node and its `file` child read-only (a node that became a
     /// backing file is reopened read-only).
     pub fn set_read_only(&mut self, id: NodeId) {
+        // qcow2_reopen_bitmaps_ro(): the persistent bitmaps are stored and
+        // become read-only (kept, not released).
+        if self.store_bitmaps(id) {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                for b in n.bitmaps.iter_mut().filter(|b| b.persistent) {
+                    b.readonly = true;
+                }
+            }
+        }
         let file = self.child(id, "file");
         for n in [Some(id), file].into_iter().flatten() {
             if let Some(node) = self.nodes.get_mut(&n) {
@@ -777,11 +786,22 @@ impl Graph {
     /// persistent bitmaps that are neither read-only nor inconsistent are
     /// stored in its image (newest first, QEMU's list order), and released.
     fn store_on_close(&mut self, id: NodeId) {
+        if self.store_bitmaps(id) {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.bitmaps.retain(|b| !b.persistent);
+            }
+        }
+    }
+
+    /// `qcow2_store_persistent_dirty_bitmaps()`: queues the store of a
+    /// writable qcow2 node's persistent, writable, consistent bitmaps;
+    /// whether there were any.
+    fn store_bitmaps(&mut self, id: NodeId) -> bool {
         let Some(n) = self.nodes.get(&id) else {
-            return;
+            return false;
         };
         if n.driver != "qcow2" || n.read_only {
-            return;
+            return false;
         }
         let bitmaps: Vec<PersistBitmap> = n
             .bitmaps
@@ -797,15 +817,29 @@ impl Graph {
             })
             .collect();
         if bitmaps.is_empty() {
-            return;
+            return false;
+        }
+        // What the image's directory then lists: the stored entries
+        // rewritten (no longer in use), the new ones appended.
+        if let Some(q) = self.nodes.get_mut(&id).and_then(|n| n.qcow2.as_mut()) {
+            for b in &bitmaps {
+                let entry = StoredBitmap {
+                    name: b.name.clone(),
+                    granularity: b.granularity,
+                    in_use: false,
+                    auto: b.enabled,
+                };
+                match q.bitmaps.iter_mut().find(|s| s.name == b.name) {
+                    Some(s) => *s = entry,
+                    None => q.bitmaps.push(entry),
+                }
+            }
         }
         if let Some(filename) = self.image_filename(id) {
             self.effects
                 .push(Effect::StoreBitmaps { filename, bitmaps });
         }
-        if let Some(n) = self.nodes.get_mut(&id) {
-            n.bitmaps.retain(|b| !b.persistent);
-        }
+        true
     }
 
     /// `bdrv_close_all()` as the process exits: every node stores its
