@@ -626,7 +626,7 @@ impl Qcow2Meta {
         let refcount_order = facts.refcount_bits.trailing_zeros();
         let reftable_offset = be64(&head, 48);
         let reftable_clusters = u64::from(be32(&head, 56));
-        if reftable_clusters > 64 || reftable_offset % cluster != 0 {
+        if reftable_clusters > 64 || !reftable_offset.is_multiple_of(cluster) {
             return Ok(None);
         }
         let mut rt = vec![0u8; usize::try_from(reftable_clusters << cluster_bits).unwrap_or(0)];
@@ -767,7 +767,10 @@ impl Qcow2Meta {
     /// `qcow2_free_clusters()` of the clusters `[offset, offset + bytes)`.
     fn free(&mut self, offset: u64, bytes: u64) -> Result<(), String> {
         let first = offset >> self.cluster_bits;
-        let last = (offset + bytes.max(1) - 1) >> self.cluster_bits;
+        let last = offset
+            .checked_add(bytes.max(1) - 1)
+            .ok_or("cluster offset out of range")?
+            >> self.cluster_bits;
         for i in first..=last {
             self.add_refcount(i, -1)?;
         }
@@ -798,9 +801,24 @@ impl Qcow2Meta {
             let Some(name) = dir.get(name_at..name_at + name_size) else {
                 return Err("Broken bitmap directory".into());
             };
+            // check_dir_entry(): what QEMU refuses to load.
+            let (table_offset, table_size) = (be64(&dir, at), be32(&dir, at + 8));
+            let bits = dir[at + 17];
+            if table_size == 0
+                || table_offset == 0
+                || !table_offset.is_multiple_of(self.cluster())
+                || u64::from(table_size) << self.cluster_bits > 0x2000_0000
+                || !(9..=31).contains(&bits)
+                || dir[at + 16] != 1
+            {
+                return Err(format!(
+                    "Bitmap '{}' doesn't satisfy the constraints",
+                    String::from_utf8_lossy(name)
+                ));
+            }
             out.push(DirEntry {
-                table_offset: be64(&dir, at),
-                table_size: be32(&dir, at + 8),
+                table_offset,
+                table_size,
                 flags: be32(&dir, at + 12),
                 granularity_bits: dir[at + 17],
                 name: String::from_utf8_lossy(name).into_owned(),
@@ -1340,6 +1358,44 @@ mod tests {
         qemu_img(&["bitmap", "--remove", theirs, "p"]);
         same("remove last");
         assert!(read_qcow2(mine).unwrap().bitmaps.is_empty());
+    }
+
+    /// Changing bitmaps in a damaged image fails or does something, never
+    /// panics: bytes of the header, refcount table and block, bitmap table
+    /// and directory overwritten (a fixed pseudo-random sequence).
+    #[test]
+    fn damaged_images_do_not_panic_the_bitmap_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.qcow2").display().to_string();
+        create_qcow2(&good, 1 << 20, None).unwrap();
+        store_qcow2_bitmaps(&good, &[pb("a", 65536, true), pb("b", 512, false)]).unwrap();
+        let bytes = std::fs::read(&good).unwrap();
+        // Where the metadata is: header, reftable, refblock, tables, directory.
+        let spots: [std::ops::Range<usize>; 5] = [
+            0..0x220,
+            0x10000..0x10010,
+            0x20000..0x20010,
+            0x40000..0x40008,
+            0x60000..bytes.len(),
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let bad = dir.path().join("bad.qcow2").display().to_string();
+        for round in 0..400 {
+            let mut b = bytes.clone();
+            for _ in 0..1 + round % 4 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let r = &spots[(seed % 5) as usize];
+                let at = r.start + (seed >> 8) as usize % (r.end - r.start);
+                b[at] = (seed >> 40) as u8;
+            }
+            std::fs::write(&bad, &b).unwrap();
+            let _ = mark_qcow2_bitmaps_in_use(&bad);
+            let _ = store_qcow2_bitmaps(&bad, &[pb("a", 65536, true), pb("c", 1 << 31, true)]);
+            let _ = remove_qcow2_bitmap(&bad, "b");
+            let _ = read_qcow2(&bad);
+        }
     }
 
     fn header(version: u32, backing_offset: u64, backing_len: u32) -> Vec<u8> {
