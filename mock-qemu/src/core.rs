@@ -300,16 +300,39 @@ impl Core {
         }
     }
 
-    /// Writes the files jobs changed (image headers).
+    /// Writes the files the model changed (image headers, persistent
+    /// bitmaps); the nodes opened on a file whose size changed see it.
     fn apply_effects(&mut self) {
+        use crate::model::Effect;
+        let mut touched = std::collections::BTreeSet::new();
         for effect in self.machine.take_effects() {
-            match effect {
-                crate::model::Effect::SetBacking { filename, backing } => {
+            let (filename, result) = match effect {
+                Effect::SetBacking { filename, backing } => {
                     let b = backing.as_ref().map(|(n, f)| (n.as_str(), f.as_str()));
-                    if let Err(e) = self.host.set_qcow2_backing(&filename, b) {
-                        eprintln!("mock-qemu: {e}");
-                    }
+                    let r = self.host.set_qcow2_backing(&filename, b);
+                    (filename, r)
                 }
+                Effect::StoreBitmaps { filename, bitmaps } => {
+                    let r = self.host.store_qcow2_bitmaps(&filename, &bitmaps);
+                    (filename, r)
+                }
+                Effect::MarkBitmapsInUse { filename } => {
+                    let r = self.host.mark_qcow2_bitmaps_in_use(&filename);
+                    (filename, r)
+                }
+                Effect::RemoveBitmap { filename, name } => {
+                    let r = self.host.remove_qcow2_bitmap(&filename, &name);
+                    (filename, r)
+                }
+            };
+            if let Err(e) = result {
+                eprintln!("mock-qemu: {e}");
+            }
+            touched.insert(filename);
+        }
+        for filename in touched {
+            if let Ok(facts) = self.host.open_file(&filename) {
+                self.machine.graph_mut().refresh_file(&facts);
             }
         }
     }
@@ -320,6 +343,7 @@ impl Core {
         let mut d = Delivery::default();
         let system = self.profile.flavor() == crate::profile::Flavor::System;
         self.machine.request_quit(system, signal_reason);
+        self.apply_effects();
         let (now, after) = self.drain_events();
         d.events = now;
         d.after = after;

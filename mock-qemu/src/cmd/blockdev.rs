@@ -438,7 +438,9 @@ impl Opener<'_, '_> {
                 };
                 // qcow2_load_dirty_bitmaps(): the image's persistent bitmaps,
                 // recording if stored so and the node is writable, read-only
-                // on a read-only node.
+                // on a read-only node; one found in use is inconsistent. A
+                // writable node marks the others in use in the image.
+                let mark_in_use = !node.read_only && header.bitmaps.iter().any(|b| !b.in_use);
                 node.bitmaps = header
                     .bitmaps
                     .iter()
@@ -446,10 +448,13 @@ impl Opener<'_, '_> {
                         name: Some(b.name.clone()),
                         granularity: b.granularity,
                         persistent: true,
-                        recording: b.auto && !node.read_only,
+                        // An inconsistent bitmap is disabled
+                        // (bdrv_dirty_bitmap_set_inconsistent()).
+                        recording: b.auto && !node.read_only && !b.in_use,
                         count: 0,
                         busy: false,
                         readonly: node.read_only,
+                        inconsistent: b.in_use,
                         locked: false,
                         tracks_progress: false,
                         owner: None,
@@ -458,6 +463,13 @@ impl Opener<'_, '_> {
                 node.qcow2 = Some(header);
                 let backing_inherit = Inherited::backing_of(&node);
                 let id = self.insert(name, node)?;
+                if mark_in_use {
+                    self.ctx.machine.graph_mut().push_effect(
+                        crate::model::Effect::MarkBitmapsInUse {
+                            filename: facts.filename.clone(),
+                        },
+                    );
+                }
                 let backing = match a.get("backing") {
                     Some(QObject::Null) => None,
                     Some(def) => Some(
@@ -537,6 +549,7 @@ pub(super) fn anonymous_bitmap(
         owner: Some(owner),
         busy: false,
         readonly: false,
+        inconsistent: false,
         locked: false,
         tracks_progress: false,
     }
@@ -995,11 +1008,12 @@ fn image_info(graph: &Graph, id: NodeId, nested: bool) -> Option<QDict> {
     if let Some(q) = &node.qcow2 {
         let mut data = QDict::new();
         data.put("compat", if q.version >= 3 { "1.1" } else { "0.10" });
+        // Every version reports the compression type, v2 images too.
+        data.put(
+            "compression-type",
+            if q.compression_zstd { "zstd" } else { "zlib" },
+        );
         if q.version >= 3 {
-            data.put(
-                "compression-type",
-                if q.compression_zstd { "zstd" } else { "zlib" },
-            );
             data.put("lazy-refcounts", q.lazy_refcounts);
         }
         data.put("refcount-bits", i64::from(q.refcount_bits));
@@ -1118,7 +1132,9 @@ fn node_info(ctx: &Context<'_>, id: NodeId, flat: bool) -> Result<QDict, QmpErro
                 // Dropped from the schema after 5.2; the projection decides.
                 m.put(
                     "status",
-                    if b.busy && b.locked {
+                    if b.inconsistent {
+                        "inconsistent"
+                    } else if b.busy && b.locked {
                         "locked"
                     } else if b.busy {
                         "frozen"
@@ -1130,6 +1146,9 @@ fn node_info(ctx: &Context<'_>, id: NodeId, flat: bool) -> Result<QDict, QmpErro
                 );
                 m.put("granularity", b.granularity);
                 m.put("count", b.count);
+                if b.inconsistent {
+                    m.put("inconsistent", true);
+                }
                 QObject::Dict(m)
             })
             .collect();

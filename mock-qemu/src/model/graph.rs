@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::Effect;
 use crate::qmp::qobject::QDict;
 
 /// Identifies a node for the life of the process (never reused).
@@ -83,6 +84,17 @@ pub struct StoredBitmap {
     pub auto: bool,
 }
 
+/// A persistent bitmap the image is to store when its node closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistBitmap {
+    /// Its name.
+    pub name: String,
+    /// Bytes per bit.
+    pub granularity: u64,
+    /// Recording (stored with the `auto` flag).
+    pub enabled: bool,
+}
+
 /// A dirty bitmap of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bitmap {
@@ -100,6 +112,9 @@ pub struct Bitmap {
     pub busy: bool,
     /// Loaded from an image opened read-only: it cannot be changed.
     pub readonly: bool,
+    /// Loaded from an image that had it marked in use (its writer did not
+    /// close it): its bits are lost, it cannot be used, only removed.
+    pub inconsistent: bool,
     /// Busy because an export reads it, not because a job froze it (QEMU
     /// 5.2's status tells `locked` from `frozen`).
     pub locked: bool,
@@ -300,6 +315,9 @@ pub struct Graph {
     /// Nodes running jobs hold a reference to (set by the machine): they
     /// are not freed while held.
     job_held: BTreeSet<NodeId>,
+    /// Changes to files the host is to make, in order (closing a qcow2
+    /// node stores its persistent bitmaps; jobs rewrite headers).
+    effects: Vec<Effect>,
 }
 
 /// QEMU's `id_wellformed()`.
@@ -449,6 +467,7 @@ impl Graph {
         if let Some(f) = filtered {
             self.replace_node(id, f);
         }
+        self.store_on_close(id);
         let Some(node) = self.nodes.remove(&id) else {
             return;
         };
@@ -560,6 +579,9 @@ impl Graph {
     /// Removes nodes a failed `blockdev-add` created (generated names stay
     /// consumed, as in QEMU).
     pub fn discard(&mut self, ids: &[NodeId]) {
+        for id in ids {
+            self.store_on_close(*id);
+        }
         for id in ids {
             self.nodes.remove(id);
         }
@@ -731,6 +753,15 @@ impl Graph {
     /// Marks a node and its `file` child read-only (a node that became a
     /// backing file is reopened read-only).
     pub fn set_read_only(&mut self, id: NodeId) {
+        // qcow2_reopen_bitmaps_ro(): the persistent bitmaps are stored and
+        // become read-only (kept, not released).
+        if self.store_bitmaps(id) {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                for b in n.bitmaps.iter_mut().filter(|b| b.persistent) {
+                    b.readonly = true;
+                }
+            }
+        }
         let file = self.child(id, "file");
         for n in [Some(id), file].into_iter().flatten() {
             if let Some(node) = self.nodes.get_mut(&n) {
@@ -743,8 +774,118 @@ impl Graph {
     /// generated-name counter where it is, as QEMU does.
     pub fn restore(&mut self, saved: Graph) {
         let next_auto = self.next_auto;
+        let effects = std::mem::take(&mut self.effects);
         *self = saved;
         self.next_auto = next_auto;
+        // What was written stays written.
+        self.effects = effects;
+    }
+
+    /// Queues a change to a file.
+    pub fn push_effect(&mut self, e: Effect) {
+        self.effects.push(e);
+    }
+
+    /// Takes the queued changes to files, in order.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The file a format node's metadata lives in: down its `file`
+    /// children to a protocol node's file.
+    pub fn image_filename(&self, id: NodeId) -> Option<String> {
+        let mut cur = self.nodes.get(&id)?;
+        for _ in 0..64 {
+            if let Some(f) = &cur.file {
+                return Some(f.filename.clone());
+            }
+            cur = self.nodes.get(&self.child_of(cur, "file")?)?;
+        }
+        None
+    }
+
+    fn child_of(&self, n: &Node, role: &str) -> Option<NodeId> {
+        n.children.iter().find(|(r, _)| r == role).map(|(_, c)| *c)
+    }
+
+    /// `qcow2_inactivate()` of a closing node: a writable qcow2 node's
+    /// persistent bitmaps that are neither read-only nor inconsistent are
+    /// stored in its image (newest first, QEMU's list order), and released.
+    fn store_on_close(&mut self, id: NodeId) {
+        if self.store_bitmaps(id) {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.bitmaps.retain(|b| !b.persistent);
+            }
+        }
+    }
+
+    /// `qcow2_store_persistent_dirty_bitmaps()`: queues the store of a
+    /// writable qcow2 node's persistent, writable, consistent bitmaps;
+    /// whether there were any.
+    fn store_bitmaps(&mut self, id: NodeId) -> bool {
+        let Some(n) = self.nodes.get(&id) else {
+            return false;
+        };
+        if n.driver != "qcow2" || n.read_only {
+            return false;
+        }
+        let bitmaps: Vec<PersistBitmap> = n
+            .bitmaps
+            .iter()
+            .rev()
+            .filter(|b| b.persistent && !b.readonly && !b.inconsistent)
+            .filter_map(|b| {
+                Some(PersistBitmap {
+                    name: b.name.clone()?,
+                    granularity: b.granularity,
+                    enabled: b.recording,
+                })
+            })
+            .collect();
+        if bitmaps.is_empty() {
+            return false;
+        }
+        // What the image's directory then lists: the stored entries
+        // rewritten (no longer in use), the new ones appended.
+        if let Some(q) = self.nodes.get_mut(&id).and_then(|n| n.qcow2.as_mut()) {
+            for b in &bitmaps {
+                let entry = StoredBitmap {
+                    name: b.name.clone(),
+                    granularity: b.granularity,
+                    in_use: false,
+                    auto: b.enabled,
+                };
+                match q.bitmaps.iter_mut().find(|s| s.name == b.name) {
+                    Some(s) => *s = entry,
+                    None => q.bitmaps.push(entry),
+                }
+            }
+        }
+        if let Some(filename) = self.image_filename(id) {
+            self.effects
+                .push(Effect::StoreBitmaps { filename, bitmaps });
+        }
+        true
+    }
+
+    /// `bdrv_close_all()` as the process exits: every node stores its
+    /// persistent bitmaps.
+    pub fn close_all(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.store_on_close(id);
+        }
+    }
+
+    /// A file changed on disk: the nodes opened on it see its new size.
+    pub fn refresh_file(&mut self, facts: &FileFacts) {
+        for n in self.nodes.values_mut() {
+            if let Some(f) = n.file.as_mut().filter(|f| f.filename == facts.filename) {
+                f.size = facts.size;
+                f.allocated = facts.allocated;
+                n.size = facts.size.div_ceil(512) * 512;
+            }
+        }
     }
 
     /// A node, for changes that keep the graph's shape (bitmaps, flags).
@@ -778,6 +919,7 @@ impl Graph {
     }
 
     fn remove_unreferenced(&mut self, id: NodeId) {
+        self.store_on_close(id);
         let Some(node) = self.nodes.remove(&id) else {
             return;
         };

@@ -162,6 +162,28 @@ pub enum Effect {
         /// New backing name and format.
         backing: Option<(String, String)>,
     },
+    /// A qcow2 node closed: store its persistent bitmaps in the image
+    /// (`qcow2_store_persistent_dirty_bitmaps()`), newest first.
+    StoreBitmaps {
+        /// The image file.
+        filename: String,
+        /// The bitmaps.
+        bitmaps: Vec<graph::PersistBitmap>,
+    },
+    /// A writable qcow2 node opened: the bitmaps stored in the image are
+    /// marked in use (`qcow2_load_dirty_bitmaps()`).
+    MarkBitmapsInUse {
+        /// The image file.
+        filename: String,
+    },
+    /// A persistent bitmap was removed: it leaves the image's bitmap
+    /// directory at once (`qcow2_co_remove_persistent_dirty_bitmap()`).
+    RemoveBitmap {
+        /// The image file.
+        filename: String,
+        /// The bitmap.
+        name: String,
+    },
 }
 
 /// The file name QEMU reports for a node (its file child's for formats).
@@ -194,7 +216,6 @@ pub struct Machine {
     clock: VirtualClock,
     /// Jobs in creation order.
     jobs: Vec<Job>,
-    effects: Vec<Effect>,
     graph: Graph,
     /// Bumped by every mutable access to the graph (reply caches key on it).
     graph_generation: u64,
@@ -229,7 +250,6 @@ impl Machine {
         Machine {
             clock: VirtualClock::new(epoch),
             jobs: Vec::new(),
-            effects: Vec::new(),
             graph: Graph::new(),
             graph_generation: 0,
             exports: exports::Exports::default(),
@@ -951,7 +971,7 @@ impl Machine {
                     .and_then(|f| f.file.clone())
                 {
                     self.graph.set_header_backing(above, backing.clone());
-                    self.effects.push(Effect::SetBacking {
+                    self.graph.push_effect(Effect::SetBacking {
                         filename: file.filename,
                         backing,
                     });
@@ -975,7 +995,7 @@ impl Machine {
                     .and_then(|f| f.file.clone())
                 {
                     self.graph.set_header_backing(job.node, backing.clone());
-                    self.effects.push(Effect::SetBacking {
+                    self.graph.push_effect(Effect::SetBacking {
                         filename: file.filename,
                         backing,
                     });
@@ -987,7 +1007,7 @@ impl Machine {
 
     /// Takes the effects on files the model asked for, in order.
     pub fn take_effects(&mut self) -> Vec<Effect> {
-        std::mem::take(&mut self.effects)
+        self.graph.take_effects()
     }
 
     /// The block node graph.
@@ -1048,6 +1068,8 @@ impl Machine {
     pub fn request_quit(&mut self, emits_shutdown: bool, reason: &'static str) {
         self.quit_requested = true;
         self.run_state = RunState::Shutdown;
+        // The process closes every node as it exits.
+        self.graph.close_all();
         if emits_shutdown {
             self.emit(ModelEvent::Shutdown {
                 guest: false,
