@@ -244,13 +244,30 @@ DOMAIN_XML = """<domain type='qemu'>
 """
 
 
+def start_time(base, emulator):
+    """Seconds libvirt's virDomainCreate takes (capabilities cached)."""
+    work = tempfile.mkdtemp(prefix="start-", dir=base)
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        p = subprocess.run([sys.executable, os.path.join(here, "domain_ops.py"), emulator, work,
+                            "--steps", "start,destroy,start,destroy", "--timing"],
+                           capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    starts = [float(l.split()[2]) for l in p.stderr.splitlines() if l.startswith("timing start ")]
+    if len(starts) < 2:
+        raise Failed(f"no start timing from domain_ops.py:\n{p.stdout}{p.stderr[-1000:]}")
+    return starts[1]  # the second start: the first one probes capabilities
+
+
 def bench(base, version, mock_emu, real_emu, n):
     rows = []
     for name, emu in (("mock-qemu", mock_emu), (f"real {version}", real_emu)):
         if emu is None:
             continue
-        times = [domcaps(base, emu)[1] for _ in range(n)]
-        rows.append((name, statistics.median(times)))
+        probe = statistics.median([domcaps(base, emu)[1] for _ in range(n)])
+        start = statistics.median([start_time(base, emu) for _ in range(n)])
+        rows.append((name, probe, start))
     return rows
 
 
@@ -261,7 +278,7 @@ def main():
     ap.add_argument("--real-10.0", dest="real100")
     ap.add_argument("--profiles", default="7.2,10.0")
     ap.add_argument("--only", default="domcaps,domain,virsh")
-    ap.add_argument("--bench", type=int, default=0)
+    ap.add_argument("--bench", type=int, default=0, help="also time the probe and a domain start N times each")
     a = ap.parse_args()
     if shutil.which("virsh") is None:
         print("virsh is not installed: run ci/libvirt/setup.sh", file=sys.stderr)
@@ -286,8 +303,13 @@ def main():
                     failures += 1
                     print(f"FAIL {version} {name}: {e}")
             if a.bench:
-                for who, t in bench(base, version, mock_emu, real_emu, a.bench):
-                    print(f"bench {version} probe (virsh domcapabilities, empty cache) {who}: {t:.3f} s median of {a.bench}")
+                rows = bench(base, version, mock_emu, real_emu, a.bench)
+                for who, probe, start in rows:
+                    print(f"bench {version} {who}: probe (virsh domcapabilities, empty cache) {probe:.3f} s, "
+                          f"domain start (virDomainCreate) {start:.3f} s; medians of {a.bench}")
+                if len(rows) == 2:
+                    (_, mp, ms), (_, rp, rs) = rows
+                    print(f"bench {version} real/mock: probe {rp / mp:.2f}x, start {rs / ms:.2f}x")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 1 if failures else 0

@@ -128,6 +128,7 @@ def main():
              "abort", "backup", "destroy"]
     if "--steps" in sys.argv:
         steps = sys.argv[sys.argv.index("--steps") + 1].split(",")
+    timing = "--timing" in sys.argv
     root = os.path.join(workdir, "embed")
     os.makedirs(os.path.join(root, "etc"), exist_ok=True)
     with open(os.path.join(root, "etc", "qemu.conf"), "w") as f:
@@ -166,7 +167,10 @@ def main():
     try:
         for step in steps:
             try:
+                t0 = time.monotonic()
                 run_step(step, conn, workdir, xml, lambda: dom)
+                if timing:
+                    print(f"timing {step} {time.monotonic() - t0:.3f}", file=sys.stderr, flush=True)
                 if step == "start":
                     dom = conn.lookupByName("ops")
             except (libvirt.libvirtError, TimeoutError) as e:
@@ -190,7 +194,7 @@ def run_step(step, conn, workdir, xml, get_dom):
     forget_events()
     p = lambda name: os.path.join(workdir, name)
     if step == "start":
-        d = conn.defineXML(xml)
+        d = dom or conn.defineXML(xml)
         d.create()
         observe(step, d, workdir)
     elif step == "snapshot":
