@@ -64,7 +64,7 @@ fn session(client: &Path, spec: LaunchSpec) -> String {
         .build()
         .unwrap();
     let mut p = rt.block_on(Process::launch(spec)).expect("launching");
-    let mut child = std::process::Command::new(client)
+    let child = Command::new(client)
         .arg(p.socket_path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
