@@ -190,6 +190,8 @@ struct Tally {
     skipped: BTreeMap<String, usize>,
     /// Failures: (what the line was, the decode error) → one line as an example.
     failed: BTreeMap<(String, String), String>,
+    /// The failures of each line that failed.
+    failed_lines: Vec<Vec<(String, String)>>,
 }
 
 impl Tally {
@@ -197,11 +199,13 @@ impl Tally {
         match r {
             Ok(()) => *self.decoded.entry(kind).or_default() += 1,
             Err(errors) => {
-                for e in errors {
+                let keys: Vec<_> = errors.into_iter().map(|e| (what.clone(), e)).collect();
+                for k in &keys {
                     self.failed
-                        .entry((what.clone(), e))
+                        .entry(k.clone())
                         .or_insert_with(|| line.to_owned());
                 }
+                self.failed_lines.push(keys);
             }
         }
     }
@@ -392,6 +396,10 @@ struct Summary {
     skipped: BTreeMap<String, usize>,
     /// Failures real QEMU's golden shares: (what, error) → cases.
     mismatches: BTreeMap<(String, String), BTreeSet<String>>,
+    /// Lines whose every failure real QEMU's golden shares.
+    mismatch_lines: usize,
+    /// Lines with a failure of the mock alone.
+    bug_lines: usize,
     /// Failures of the mock alone: case, what, error, the line.
     mock_bugs: Vec<String>,
     /// Cases that could not be played.
@@ -436,6 +444,13 @@ fn run_profile(
         for (k, n) in mine.skipped {
             *sum.skipped.entry(k).or_default() += n;
         }
+        for keys in &mine.failed_lines {
+            if keys.iter().all(|k| real.failed.contains_key(k)) {
+                sum.mismatch_lines += 1;
+            } else {
+                sum.bug_lines += 1;
+            }
+        }
         for (key, line) in mine.failed {
             if real.failed.contains_key(&key) {
                 sum.mismatches.entry(key).or_default().insert(id.clone());
@@ -454,9 +469,11 @@ fn report(label: &str, s: &Summary) -> String {
     let skipped: usize = s.skipped.values().sum();
     let mism: usize = s.mismatches.len();
     out.push_str(&format!(
-        "qapi crate, {label}: {} cases, {total} lines decoded {:?}, {skipped} skipped, {mism} crate/version mismatches, {} mock shape bugs\n",
+        "qapi crate, {label}: {} cases, {total} lines decoded {:?}, {skipped} skipped, {} lines with crate/version mismatches ({mism} kinds), {} lines with mock shape bugs ({} kinds)\n",
         s.cases,
         s.decoded,
+        s.mismatch_lines,
+        s.bug_lines,
         s.mock_bugs.len()
     ));
     for (why, n) in &s.skipped {
