@@ -12,11 +12,14 @@
 //! line that the crate's type does not carry is a failure too (the crate's
 //! structs would silently drop it).
 //!
+//! Each scenario is followed by queries of the state it left
+//! ([`END_STATE_QUERIES`]), shapes no golden shows in that state.
+//!
 //! A failure is a shape bug of the mock — unless the golden transcript of
 //! real QEMU fails the same way (same message, same kind of line) in the
-//! same case: then the crate's schema (one QEMU version) differs from that
-//! QEMU version, counted as a crate/version mismatch and reported, not
-//! failed. Replies to commands the crate does not know are skipped and
+//! same case (for the end-state replies: in any case of the profile): then
+//! the crate's schema (one QEMU version) differs from that QEMU version,
+//! counted as a crate/version mismatch and reported, not failed. Replies to commands the crate does not know are skipped and
 //! counted, by name.
 //!
 //! One trial per profile; each prints its summary.
@@ -26,7 +29,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use conformance::play::{play_with_retries, PlayOptions};
-use conformance::scenario::{self, Scenario};
+use conformance::scenario::{self, Scenario, Step};
 use conformance::suite;
 use conformance::target::InProcess;
 use conformance::transcript::{Entry, Transcript};
@@ -388,6 +391,34 @@ fn decode(t: &Transcript) -> Tally {
     tally
 }
 
+/// Queries sent after each scenario's last step, in the state it left
+/// (jobs waiting in READY or paused, bitmaps, exports, snapshots): shapes
+/// no golden shows in that state.
+const END_STATE_QUERIES: &[&str] = &[
+    "query-named-block-nodes",
+    "query-block",
+    "query-jobs",
+    "query-block-jobs",
+    "query-block-exports",
+    "query-status",
+];
+
+/// The scenario followed by [`END_STATE_QUERIES`] (each synchronised).
+fn with_end_state_queries(s: &Scenario) -> Scenario {
+    let mut s = s.clone();
+    for q in END_STATE_QUERIES {
+        let text = format!("{{\"execute\": \"{q}\", \"id\": \"end-state\"}}");
+        s.steps.push(Step::Send {
+            bytes: format!("{text}\n").into_bytes(),
+            sync: true,
+            display: text,
+            vars: vec![],
+            line: 0,
+        });
+    }
+    s
+}
+
 /// The summary of one profile.
 #[derive(Debug, Default)]
 struct Summary {
@@ -396,6 +427,8 @@ struct Summary {
     skipped: BTreeMap<String, usize>,
     /// Failures real QEMU's golden shares: (what, error) → cases.
     mismatches: BTreeMap<(String, String), BTreeSet<String>>,
+    /// Cases whose end state was queried (the others closed the connection).
+    end_state_cases: usize,
     /// Lines whose every failure real QEMU's golden shares.
     mismatch_lines: usize,
     /// Lines with a failure of the mock alone.
@@ -418,17 +451,37 @@ fn run_profile(
         .map_err(|e| e.to_string())?;
     let mut sum = Summary::default();
     let goldens = suite::goldens(fixtures, version, flavor).map_err(|e| format!("{e:#}"))?;
+    // What real QEMU's goldens of this profile fail on anywhere: the
+    // end-state replies have no golden line of their own.
+    let mut cases = Vec::new();
+    let mut profile_wide = BTreeSet::new();
     for (id, golden) in goldens {
         let Some(scenario) = scenarios.iter().find(|s| s.id == id) else {
             continue;
         };
-        sum.cases += 1;
         let text = std::fs::read_to_string(&golden).map_err(|e| e.to_string())?;
         let golden = Transcript::parse(&text).map_err(|e| format!("{e:#}"))?;
-        let played = rt.block_on(async {
-            let mut target = InProcess::new(version, flavor)?;
-            play_with_retries(scenario, &mut target, &PlayOptions::default(), 1).await
-        });
+        let real = decode(&golden);
+        profile_wide.extend(real.failed.keys().cloned());
+        cases.push((id, scenario, real));
+    }
+    for (id, scenario, real) in cases {
+        sum.cases += 1;
+        let play = |s: Scenario| {
+            rt.block_on(async {
+                let mut target = InProcess::new(version, flavor)?;
+                play_with_retries(&s, &mut target, &PlayOptions::default(), 1).await
+            })
+        };
+        // A scenario that ends with the connection closed has no end state
+        // to query: it is played as it is.
+        let played = match play(with_end_state_queries(scenario)) {
+            Ok(p) => {
+                sum.end_state_cases += 1;
+                Ok(p)
+            }
+            Err(_) => play(scenario.clone()),
+        };
         let played = match played {
             Ok(p) => p,
             Err(e) => {
@@ -437,7 +490,10 @@ fn run_profile(
             }
         };
         let mine = decode(&played.transcript);
-        let real = decode(&golden);
+        let shared = |k: &(String, String)| {
+            real.failed.contains_key(k)
+                || (k.0.starts_with("return of ") && profile_wide.contains(k))
+        };
         for (k, n) in mine.decoded {
             *sum.decoded.entry(k).or_default() += n;
         }
@@ -445,14 +501,14 @@ fn run_profile(
             *sum.skipped.entry(k).or_default() += n;
         }
         for keys in &mine.failed_lines {
-            if keys.iter().all(|k| real.failed.contains_key(k)) {
+            if keys.iter().all(shared) {
                 sum.mismatch_lines += 1;
             } else {
                 sum.bug_lines += 1;
             }
         }
         for (key, line) in mine.failed {
-            if real.failed.contains_key(&key) {
+            if shared(&key) {
                 sum.mismatches.entry(key).or_default().insert(id.clone());
             } else {
                 sum.mock_bugs
@@ -469,8 +525,9 @@ fn report(label: &str, s: &Summary) -> String {
     let skipped: usize = s.skipped.values().sum();
     let mism: usize = s.mismatches.len();
     out.push_str(&format!(
-        "qapi crate, {label}: {} cases, {total} lines decoded {:?}, {skipped} skipped, {} lines with crate/version mismatches ({mism} kinds), {} lines with mock shape bugs ({} kinds)\n",
+        "qapi crate, {label}: {} cases ({} with end-state queries), {total} lines decoded {:?}, {skipped} skipped, {} lines with crate/version mismatches ({mism} kinds), {} lines with mock shape bugs ({} kinds)\n",
         s.cases,
+        s.end_state_cases,
         s.decoded,
         s.mismatch_lines,
         s.bug_lines,
