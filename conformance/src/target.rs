@@ -380,6 +380,11 @@ impl Process {
         Ok(())
     }
 
+    /// The monitor's unix socket, for clients that connect by path.
+    pub fn socket_path(&self) -> &Path {
+        &self.sock
+    }
+
     /// Stops the program (SIGKILL) and waits for it.
     pub async fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
