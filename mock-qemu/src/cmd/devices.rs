@@ -3,12 +3,12 @@
 //! `drive` node; `query-block` (in `blockdev.rs`) lists those.
 
 use super::{desc, Context, Return};
-use crate::model::devices::{Device, DeviceKind};
+use crate::model::devices::{Bus, Device, DeviceKind};
 use crate::model::graph::{EdgePerm, PermUser, PERM_READ, PERM_RESIZE, PERM_WRITE};
 use crate::model::ModelEvent;
 use crate::profile::Version;
 use crate::qmp::error::{ErrorClass, QmpError};
-use crate::qmp::qobject::{QDict, QObject};
+use crate::qmp::qobject::{QDict, QNum, QObject};
 
 /// `BLK_PERM_WRITE_UNCHANGED`.
 const PERM_WRITE_UNCHANGED: u8 = 4;
@@ -119,33 +119,89 @@ fn id_wellformed(id: &str) -> bool {
         && c.all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '.' | '_'))
 }
 
-/// A property value as a string (`-device` key=value gives strings; QMP
-/// may give any JSON type for the properties the mock ignores).
-fn str_prop(
-    args: &QDict,
-    name: &str,
-    owner: &str,
-    want_string: bool,
-) -> Result<Option<String>, QmpError> {
-    match args.get(name) {
-        None => Ok(None),
-        Some(QObject::Str(s)) => Ok(Some(s.clone())),
-        Some(_) if want_string => Err(QmpError::generic(format!(
-            "Invalid parameter type for '{name}', expected: string"
-        ))),
-        Some(_) => {
-            let _ = owner;
-            Ok(None)
+/// Where a `device_add` comes from: QEMU converts property values
+/// differently for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The `device_add` command.
+    Qmp,
+    /// `-device {…}` (JSON: typed values).
+    CmdlineJson,
+    /// `-device DRIVER,key=value` (every value a string).
+    CmdlineKeyval,
+}
+
+/// The property values of one `device_add`, read as QEMU reads them:
+/// typed (JSON `-device`, and `device_add` since 10.0's qobject visitor),
+/// or as strings (7.2's `device_add` goes through QemuOpts, which turns
+/// numbers and booleans into text).
+struct Props<'a> {
+    args: &'a QDict,
+    typed: bool,
+}
+
+impl Props<'_> {
+    fn string(&self, name: &str) -> Result<Option<String>, QmpError> {
+        Ok(match self.args.get(name) {
+            None => None,
+            Some(QObject::Str(s)) => Some(s.clone()),
+            Some(_) if self.typed => {
+                return Err(QmpError::generic(format!(
+                    "Invalid parameter type for '{name}', expected: string"
+                )))
+            }
+            Some(QObject::Num(QNum::I64(i))) => Some(i.to_string()),
+            Some(QObject::Num(QNum::U64(u))) => Some(u.to_string()),
+            Some(QObject::Bool(b)) => Some(if *b { "on" } else { "off" }.to_owned()),
+            Some(_) => None,
+        })
+    }
+
+    fn boolean(&self, name: &str) -> Result<bool, QmpError> {
+        match self.args.get(name) {
+            None => Ok(false),
+            Some(QObject::Bool(b)) if self.typed => Ok(*b),
+            Some(QObject::Str(s)) if !self.typed => match s.as_str() {
+                "on" | "yes" | "true" | "y" => Ok(true),
+                "off" | "no" | "false" | "n" => Ok(false),
+                _ => Err(QmpError::generic(format!(
+                    "Parameter '{name}' expects 'on' or 'off'"
+                ))),
+            },
+            Some(_) if self.typed => Err(QmpError::generic(format!(
+                "Invalid parameter type for '{name}', expected: boolean"
+            ))),
+            Some(QObject::Bool(b)) => Ok(*b),
+            Some(_) => Err(QmpError::generic(format!(
+                "Parameter '{name}' expects 'on' or 'off'"
+            ))),
         }
     }
 }
 
-/// Whether a `share-rw` value is on.
-fn is_on(v: Option<&QObject>) -> bool {
+/// A PCI `addr`: `SLOT[.FUNCTION]` in hex, or (typed) the devfn number.
+fn parse_addr(v: &QObject) -> Option<(u8, u8)> {
+    let hex = |t: &str| {
+        let t = t.trim();
+        let t = t
+            .strip_prefix("0x")
+            .or_else(|| t.strip_prefix("0X"))
+            .unwrap_or(t);
+        u8::from_str_radix(t, 16).ok()
+    };
     match v {
-        Some(QObject::Bool(b)) => *b,
-        Some(QObject::Str(s)) => matches!(s.as_str(), "on" | "yes" | "true" | "y"),
-        _ => false,
+        QObject::Str(s) => {
+            let (slot, func) = match s.split_once('.') {
+                Some((a, b)) => (hex(a)?, hex(b)?),
+                None => (hex(s)?, 0),
+            };
+            (slot < 32 && func < 8).then_some((slot, func))
+        }
+        QObject::Num(n) => n
+            .as_u64()
+            .and_then(|d| u8::try_from(d).ok())
+            .map(|d| (d >> 3, d & 7)),
+        _ => None,
     }
 }
 
@@ -153,30 +209,32 @@ fn is_on(v: Option<&QObject>) -> bool {
 #[derive(Debug)]
 pub struct DeviceAdd {
     args: QDict,
+    origin: Origin,
 }
 
 impl DeviceAdd {
     /// From the arguments (the schema lets anything through: QEMU checks
     /// them against the device's properties).
-    pub fn new(args: QDict) -> Self {
-        DeviceAdd { args }
+    pub fn new(args: QDict, origin: Origin) -> Self {
+        DeviceAdd { args, origin }
     }
 
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
         let v = ctx.profile.version();
         let args = &self.args;
-        let id = match args.get("id") {
-            None => None,
-            Some(QObject::Str(s)) => Some(s.clone()),
-            Some(_) => {
-                return Err(QmpError::generic(
-                    "Invalid parameter type for 'id', expected: string",
-                ))
-            }
+        let props = Props {
+            args,
+            typed: match self.origin {
+                Origin::Qmp => v >= Version::V10_0,
+                Origin::CmdlineJson => true,
+                Origin::CmdlineKeyval => false,
+            },
         };
+        // A non-string id makes an anonymous device, in both versions.
+        let id = args.get("id").and_then(QObject::as_str).map(str::to_owned);
         // Up to 7.2 the monitor's QemuOpts check the id first; 10.0
         // takes any string over QMP.
-        if v < Version::V10_0 {
+        if v < Version::V10_0 || self.origin != Origin::Qmp {
             if let Some(id) = &id {
                 if !id_wellformed(id) {
                     return Err(QmpError::generic("Parameter 'id' expects an identifier"));
@@ -185,12 +243,10 @@ impl DeviceAdd {
         }
         let driver = match args.get("driver") {
             Some(QObject::Str(s)) => s.clone(),
-            Some(_) => {
-                return Err(QmpError::generic(
-                    "Invalid parameter type for 'driver', expected: string",
-                ))
+            Some(_) if !props.typed || self.origin == Origin::CmdlineJson => {
+                props.string("driver")?.unwrap_or_default()
             }
-            None => return Err(QmpError::generic("Parameter 'driver' is missing")),
+            _ => return Err(QmpError::generic("Parameter 'driver' is missing")),
         };
         let Some(kind) = DeviceKind::from_driver(&driver) else {
             if UNMODELLED.contains(&driver.as_str()) {
@@ -203,33 +259,34 @@ impl DeviceAdd {
             )));
         };
         // The bus: a named one, or the first of the right type.
-        let bus = str_prop(args, "bus", &driver, true)?;
         let devices = ctx.machine.devices();
-        let scsi_bus = match kind.bus_type() {
-            "PCI" => {
-                match &bus {
-                    Some(b) if !(devices.has_pci() && matches!(b.as_str(), "pci.0" | "pcie.0")) => {
-                        return Err(QmpError::generic(format!("Bus '{b}' not found")))
-                    }
-                    _ => {}
-                }
-                if !devices.has_pci() {
+        let bus = match props.string("bus")? {
+            Some(name) => {
+                let b = devices
+                    .bus(&name)
+                    .ok_or_else(|| QmpError::generic(format!("Bus '{name}' not found")))?;
+                if b.kind != kind.bus_type() {
                     return Err(QmpError::generic(format!(
-                        "No 'PCI' bus found for device '{driver}'"
+                        "Device '{driver}' can't go on {} bus",
+                        b.kind
                     )));
                 }
-                None
+                b
             }
-            _ => match devices.scsi_bus(bus.as_deref()) {
-                Some(c) => Some(c.path.clone()),
-                None => {
-                    return Err(QmpError::generic(match &bus {
-                        Some(b) => format!("Bus '{b}' not found"),
-                        None => format!("No 'SCSI' bus found for device '{driver}'"),
-                    }))
-                }
-            },
+            None => devices.first_bus(kind.bus_type()).ok_or_else(|| {
+                QmpError::generic(format!(
+                    "No '{}' bus found for device '{driver}'",
+                    kind.bus_type()
+                ))
+            })?,
         };
+        // Hot-plug (the machine exists once the monitor runs).
+        if self.origin == Origin::Qmp && !bus.hotpluggable {
+            return Err(QmpError::generic(format!(
+                "Bus '{}' does not support hotplugging",
+                bus.name
+            )));
+        }
         if let Some(id) = &id {
             if devices.find(id).is_some() {
                 return Err(QmpError::generic(format!("Duplicate device ID '{id}'")));
@@ -237,11 +294,12 @@ impl DeviceAdd {
         }
         // Properties, then realize.
         let mut drive = None;
-        for (name, _) in args.iter() {
+        let mut addr = None;
+        for (name, value) in args.iter() {
             match name {
                 "driver" | "id" | "bus" => {}
                 "drive" if kind.is_disk() => {
-                    let d = str_prop(args, "drive", &driver, true)?.unwrap_or_default();
+                    let d = props.string("drive")?.unwrap_or_default();
                     let graph = ctx.machine.graph();
                     let node = graph.find(&d).ok_or_else(|| {
                         QmpError::generic(format!(
@@ -251,7 +309,18 @@ impl DeviceAdd {
                     })?;
                     drive = Some(node);
                 }
-                "share-rw" if kind.is_disk() => {}
+                "share-rw" if kind.is_disk() => {
+                    props.boolean("share-rw")?;
+                }
+                "addr" if bus.kind == "PCI" => {
+                    addr = Some(parse_addr(value).ok_or_else(|| {
+                        QmpError::generic(format!(
+                            "mock-qemu: PCI address {} is not understood by the mock",
+                            crate::qmp::json::to_json(value)
+                        ))
+                    })?);
+                }
+                "chassis" | "port" | "slot" if kind == DeviceKind::PcieRootPort => {}
                 n if IGNORED_PROPS.contains(&n) => {}
                 n => {
                     return Err(QmpError::generic(format!(
@@ -260,34 +329,37 @@ impl DeviceAdd {
                 }
             }
         }
+        let devfn = if bus.kind == "PCI" {
+            Some(pci_slot(ctx, &bus, addr, &driver, v)?)
+        } else {
+            None
+        };
         let path = ctx.machine.devices().path_for(id.as_deref());
         let device = Device {
             id: id.clone(),
             kind,
             path,
-            bus: scsi_bus,
+            bus: bus.name.clone(),
+            devfn,
             unplug_pending: false,
         };
         if kind.is_disk() {
             let Some(node) = drive else {
                 return Err(QmpError::generic("drive property not set"));
             };
-            let graph = ctx.machine.graph();
-            let read_only = graph.node(node).is_some_and(|n| n.read_only);
-            if read_only {
-                return Err(QmpError::generic("Block node is read-only"));
-            }
-            // blkconf_apply_backend_options(): a writable disk takes
-            // consistent read and write, shares consistent read, write
-            // unchanged and resize (and write with share-rw).
+            // blkconf_apply_backend_options(): a disk takes consistent
+            // read (and write unless its node is read-only: the disk is
+            // then read-only too), shares consistent read, write unchanged
+            // and resize (and write with share-rw).
+            let read_only = ctx.machine.graph().node(node).is_some_and(|n| n.read_only);
             let mut shared = PERM_READ | PERM_WRITE_UNCHANGED | PERM_RESIZE;
-            if is_on(args.get("share-rw")) {
+            if props.boolean("share-rw")? {
                 shared |= PERM_WRITE;
             }
             let new = EdgePerm {
                 user: PermUser::Device(device.qdev()),
                 role: "root".into(),
-                perm: PERM_READ | PERM_WRITE,
+                perm: PERM_READ | if read_only { 0 } else { PERM_WRITE },
                 shared,
             };
             let writable = super::exports::writable_backends(ctx);
@@ -303,6 +375,54 @@ impl DeviceAdd {
         }
         ctx.machine.devices_mut().add(device);
         Ok(QObject::Dict(QDict::new()))
+    }
+}
+
+/// The slot and function a PCI device gets on `bus`: `addr`'s, or the
+/// lowest free slot (on a PCIe port 10.0 offers only slot 0).
+fn pci_slot(
+    ctx: &Context<'_>,
+    bus: &Bus,
+    addr: Option<(u8, u8)>,
+    driver: &str,
+    v: Version,
+) -> Result<(u8, u8), QmpError> {
+    let devices = ctx.machine.devices();
+    let taken = |devfn: (u8, u8)| -> Result<(), QmpError> {
+        if devices.builtin_at(bus, devfn) {
+            return Err(QmpError::generic(format!(
+                "mock-qemu: PCI slot {} function {} of {} is taken by the machine's own devices",
+                devfn.0, devfn.1, bus.name
+            )));
+        }
+        if let Some(d) = devices.at(&bus.name, devfn) {
+            return Err(QmpError::generic(format!(
+                "PCI: slot {} function {} not available for {driver}, in use by {},id={}",
+                devfn.0,
+                devfn.1,
+                d.kind.driver(),
+                d.id.as_deref().unwrap_or("(null)")
+            )));
+        }
+        Ok(())
+    };
+    match addr {
+        Some(devfn) => {
+            taken(devfn)?;
+            Ok(devfn)
+        }
+        None if bus.port && v >= Version::V10_0 => match devices.at(&bus.name, (0, 0)) {
+            Some(d) => Err(QmpError::generic(format!(
+                "PCI: slot 0 function 0 already occupied by {}, new func {driver} cannot be exposed to guest.",
+                d.kind.driver()
+            ))),
+            None => Ok((0, 0)),
+        },
+        None => devices.free_slot(bus).map(|s| (s, 0)).ok_or_else(|| {
+            QmpError::generic(format!(
+                "PCI: no slot/function available for {driver}, all in use or reserved"
+            ))
+        }),
     }
 }
 
@@ -339,10 +459,18 @@ impl DeviceDel {
                 device.id.as_deref().unwrap_or("(null)")
             )));
         }
+        if let Some(bus) = ctx.machine.devices().bus(&device.bus) {
+            if !bus.hotpluggable {
+                return Err(QmpError::generic(format!(
+                    "Bus '{}' does not support hotplugging",
+                    bus.name
+                )));
+            }
+        }
         match device.kind {
-            // ACPI PCI hot-unplug: the guest must eject the device; a guest
-            // that never runs (or has no OS) never does.
-            DeviceKind::VirtioBlkPci | DeviceKind::VirtioScsiPci => {
+            // ACPI (or PCIe native) hot-unplug: the guest must eject the
+            // device; a guest that never runs (or has no OS) never does.
+            DeviceKind::VirtioBlkPci | DeviceKind::VirtioScsiPci | DeviceKind::PcieRootPort => {
                 ctx.machine.devices_mut().set_unplug_pending(&device.path);
             }
             // A SCSI disk leaves its bus at once; DEVICE_DELETED follows

@@ -93,7 +93,7 @@ pub fn execute(
         "blockdev-add" => blockdev::BlockdevAdd::new(dict(&args)).apply(ctx),
         "blockdev-del" => blockdev::BlockdevDel::new(&dict(&args)).apply(ctx),
         "query-block" => blockdev::QueryBlock.apply(ctx),
-        "device_add" => devices::DeviceAdd::new(dict(&args)).apply(ctx),
+        "device_add" => devices::DeviceAdd::new(dict(&args), devices::Origin::Qmp).apply(ctx),
         "device_del" => devices::DeviceDel::new(&dict(&args)).apply(ctx),
         "query-named-block-nodes" => blockdev::QueryNamedBlockNodes::new(&dict(&args)).apply(ctx),
         "blockdev-snapshot-sync" => snapshot::BlockdevSnapshotSync::new(dict(&args)).apply(ctx),
@@ -203,6 +203,20 @@ fn block_job_data(device: &str, len: u64, offset: u64, speed: u64, kind: &str) -
     d.put("offset", offset);
     d.put("speed", speed);
     d
+}
+
+/// A `-device` of the command line (cold plug): `json` for the JSON form.
+pub fn device_add_cmdline(
+    ctx: &mut Context<'_>,
+    args: QDict,
+    json: bool,
+) -> Result<Return, QmpError> {
+    let origin = if json {
+        devices::Origin::CmdlineJson
+    } else {
+        devices::Origin::CmdlineKeyval
+    };
+    devices::DeviceAdd::new(args, origin).apply(ctx)
 }
 
 /// An event's wire name and data.

@@ -13,6 +13,9 @@ pub enum DeviceKind {
     VirtioScsiPci,
     /// `scsi-hd`: a disk on a SCSI bus.
     ScsiHd,
+    /// `pcie-root-port`: a PCIe port (provides a hot-pluggable PCIe bus
+    /// named by its id, for one device).
+    PcieRootPort,
 }
 
 impl DeviceKind {
@@ -22,6 +25,7 @@ impl DeviceKind {
             "virtio-blk-pci" => Some(DeviceKind::VirtioBlkPci),
             "virtio-scsi-pci" => Some(DeviceKind::VirtioScsiPci),
             "scsi-hd" => Some(DeviceKind::ScsiHd),
+            "pcie-root-port" => Some(DeviceKind::PcieRootPort),
             _ => None,
         }
     }
@@ -32,13 +36,16 @@ impl DeviceKind {
             DeviceKind::VirtioBlkPci => "virtio-blk-pci",
             DeviceKind::VirtioScsiPci => "virtio-scsi-pci",
             DeviceKind::ScsiHd => "scsi-hd",
+            DeviceKind::PcieRootPort => "pcie-root-port",
         }
     }
 
     /// The bus type it plugs into (`No 'PCI' bus found …`).
     pub fn bus_type(self) -> &'static str {
         match self {
-            DeviceKind::VirtioBlkPci | DeviceKind::VirtioScsiPci => "PCI",
+            DeviceKind::VirtioBlkPci | DeviceKind::VirtioScsiPci | DeviceKind::PcieRootPort => {
+                "PCI"
+            }
             DeviceKind::ScsiHd => "SCSI",
         }
     }
@@ -51,6 +58,7 @@ impl DeviceKind {
             DeviceKind::VirtioBlkPci => "virtio-blk-device",
             DeviceKind::VirtioScsiPci => "virtio-scsi-pci",
             DeviceKind::ScsiHd => "scsi-hd",
+            DeviceKind::PcieRootPort => "pcie-root-port",
         }
     }
 
@@ -70,8 +78,11 @@ pub struct Device {
     /// Its QOM path (`/machine/peripheral/ID`,
     /// `/machine/peripheral-anon/device[N]`).
     pub path: String,
-    /// A disk on a SCSI bus: the controller's path.
-    pub bus: Option<String>,
+    /// The name of the bus it sits on (`pci.0`, `pcie.0`, a root port's
+    /// id, `ID.0` of a SCSI controller).
+    pub bus: String,
+    /// A PCI device's slot and function on its bus.
+    pub devfn: Option<(u8, u8)>,
     /// `device_del` asked the guest to release it (ACPI PCI hot-unplug),
     /// and the guest has not.
     pub unplug_pending: bool,
@@ -99,6 +110,19 @@ impl Device {
 /// The owner-name prefix of devices' BlockBackends in the graph.
 pub const BACKEND_PREFIX: &str = "device:";
 
+/// A bus devices plug into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bus {
+    /// Its name (`pci.0`, `pcie.0`, `pci.1`, `scsi0.0`).
+    pub name: String,
+    /// `PCI` or `SCSI`.
+    pub kind: &'static str,
+    /// Devices may be added and removed while the machine exists.
+    pub hotpluggable: bool,
+    /// A PCIe port's bus (one device, in slot 0).
+    pub port: bool,
+}
+
 /// Every device, in creation order, and the machine's buses.
 #[derive(Debug, Clone, Default)]
 pub struct Devices {
@@ -111,11 +135,6 @@ impl Devices {
     /// Sets the machine type (`-M`).
     pub fn set_machine_type(&mut self, machine: Option<&str>) {
         self.machine = machine.map(str::to_owned);
-    }
-
-    /// Whether the machine has a PCI bus (every type but `none`).
-    pub fn has_pci(&self) -> bool {
-        self.machine.as_deref() != Some("none")
     }
 
     /// Every device, oldest first.
@@ -146,23 +165,78 @@ impl Devices {
         }
     }
 
-    /// The SCSI bus a new disk plugs into: the named controller's (`bus`
-    /// as `ID.0`), or the first controller's.
-    pub fn scsi_bus(&self, bus: Option<&str>) -> Option<&Device> {
-        let controllers = self
-            .list
-            .iter()
-            .filter(|d| d.kind == DeviceKind::VirtioScsiPci);
-        match bus {
-            None => controllers.into_iter().next(),
-            Some(b) => {
-                let name = b.strip_suffix(".0").unwrap_or(b);
-                self.list
-                    .iter()
-                    .filter(|d| d.kind == DeviceKind::VirtioScsiPci)
-                    .find(|d| d.id.as_deref() == Some(name))
-            }
+    /// The machine's PCI root bus: `pcie.0` (not hot-pluggable) for q35
+    /// types, `pci.0` for the others, none for `none`.
+    pub fn root_bus(&self) -> Option<Bus> {
+        let m = self.machine.as_deref().unwrap_or("pc");
+        if m == "none" {
+            return None;
         }
+        let q35 = m == "q35" || m.starts_with("pc-q35");
+        Some(Bus {
+            name: if q35 { "pcie.0" } else { "pci.0" }.into(),
+            kind: "PCI",
+            hotpluggable: !q35,
+            port: false,
+        })
+    }
+
+    /// The buses devices provide, in creation order.
+    fn device_buses(&self) -> impl Iterator<Item = Bus> + '_ {
+        self.list.iter().filter_map(|d| match (d.kind, &d.id) {
+            (DeviceKind::PcieRootPort, Some(id)) => Some(Bus {
+                name: id.clone(),
+                kind: "PCI",
+                hotpluggable: true,
+                port: true,
+            }),
+            (DeviceKind::VirtioScsiPci, id) => Some(Bus {
+                name: format!("{}.0", id.as_deref().unwrap_or("scsi")),
+                kind: "SCSI",
+                hotpluggable: true,
+                port: false,
+            }),
+            _ => None,
+        })
+    }
+
+    /// A bus by name.
+    pub fn bus(&self, name: &str) -> Option<Bus> {
+        self.root_bus()
+            .into_iter()
+            .chain(self.device_buses())
+            .find(|b| b.name == name)
+    }
+
+    /// The first bus of a type (`PCI`, `SCSI`): where a device without
+    /// `bus` goes.
+    pub fn first_bus(&self, kind: &str) -> Option<Bus> {
+        self.root_bus()
+            .into_iter()
+            .chain(self.device_buses())
+            .find(|b| b.kind == kind)
+    }
+
+    /// The device at a slot and function of a PCI bus, if any.
+    pub fn at(&self, bus: &str, devfn: (u8, u8)) -> Option<&Device> {
+        self.list
+            .iter()
+            .find(|d| d.bus == bus && d.devfn == Some(devfn))
+    }
+
+    /// Whether a slot and function of a root bus is taken by the machine's
+    /// own devices (host bridge; PIIX3 on `pc`, ICH9 functions on q35).
+    pub fn builtin_at(&self, bus: &Bus, devfn: (u8, u8)) -> bool {
+        match bus.name.as_str() {
+            "pci.0" => devfn.0 == 0 || devfn.0 == 1,
+            "pcie.0" => devfn == (0, 0) || (devfn.0 == 0x1f && matches!(devfn.1, 0 | 2 | 3)),
+            _ => false,
+        }
+    }
+
+    /// The lowest slot whose function 0 is free (`PCI_DEVFN_AUTO`).
+    pub fn free_slot(&self, bus: &Bus) -> Option<u8> {
+        (0..32u8).find(|s| !self.builtin_at(bus, (*s, 0)) && self.at(&bus.name, (*s, 0)).is_none())
     }
 
     /// Adds a device.
@@ -193,7 +267,8 @@ mod tests {
             id: id.map(str::to_owned),
             kind,
             path: d.path_for(id),
-            bus: None,
+            bus: "pci.0".into(),
+            devfn: None,
             unplug_pending: false,
         }
     }
@@ -218,6 +293,6 @@ mod tests {
         assert_eq!(v.qdev(), "/machine/peripheral/vd0/virtio-backend");
         let s = dev(Some("sd0"), DeviceKind::ScsiHd, &d);
         assert_eq!(s.qdev(), "sd0");
-        assert!(d.has_pci());
+        assert_eq!(d.root_bus().map(|b| b.name), Some("pci.0".to_owned()));
     }
 }
