@@ -849,6 +849,18 @@ impl Machine {
         if let Some(t) = job.owned_target {
             self.graph.free_unused(t);
         }
+        // A base the commit reopened read-write goes back to read-only,
+        // unless an active commit pivoted its parents onto it (the base
+        // then takes the top's read-write state: mirror_exit_common()).
+        if let (true, Some(base)) = (job.base_read_only, job.base) {
+            let pivoted = job.top == Some(job.node)
+                && job.error.is_none()
+                && !job.cancel_requested
+                && !job.no_pivot;
+            if !pivoted {
+                self.graph.set_read_only(base);
+            }
+        }
         // What only the job held goes now (a mirror's source after the
         // pivot, a committed top).
         for n in [Some(job.node), job.top, job.base].into_iter().flatten() {
