@@ -474,3 +474,28 @@ impl Target for Socket {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scenario_machine_replaces_the_default_and_workdir_is_filled_in() {
+        let dir = Path::new("/w");
+        let plain = launch_args_with(Flavor::System, &Launch::default(), dir);
+        assert_eq!(plain, launch_args(Flavor::System));
+        let launch = Launch {
+            args: ["-M", "pc", "-blockdev", "<workdir>/a.qcow2"]
+                .map(String::from)
+                .to_vec(),
+            setup: vec![],
+        };
+        let args = launch_args_with(Flavor::System, &launch, dir);
+        assert!(!args.windows(2).any(|w| w[0] == "-M" && w[1] == "none"));
+        assert_eq!(args.iter().filter(|a| *a == "-M").count(), 1);
+        assert_eq!(args.last().map(String::as_str), Some("/w/a.qcow2"));
+        assert!(args.contains(&"-S".to_owned()));
+        let qsd = launch_args_with(Flavor::Qsd, &Launch::default(), dir);
+        assert!(qsd.is_empty());
+    }
+}

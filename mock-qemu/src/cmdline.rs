@@ -699,4 +699,32 @@ mod tests {
         assert_eq!(get(&o, "server"), Some("on"));
         assert_eq!(get(&o, "wait"), Some("off"));
     }
+
+    #[test]
+    fn devices_and_the_machine_type_are_kept_for_start_up() {
+        let c = p(&[
+            "-machine",
+            "pc-q35-7.2,usb=off,dump-guest-core=off",
+            "-device",
+            r#"{"driver": "pcie-root-port", "id": "pci.1", "chassis": 1}"#,
+            "-device",
+            "virtio-blk-pci,drive=n0,id=vd0,serial=a,,b",
+        ])
+        .unwrap();
+        assert_eq!(c.flavor, Flavor::System);
+        assert_eq!(c.machine.as_deref(), Some("pc-q35-7.2"));
+        assert_eq!(c.devices.len(), 2);
+        let json = device_args(&c.devices[0]).unwrap();
+        assert_eq!(json.get("chassis").map(|v| v.kind()), Some("number"));
+        let kv = device_args(&c.devices[1]).unwrap();
+        assert_eq!(
+            kv.get("driver").and_then(QObject::as_str),
+            Some("virtio-blk-pci")
+        );
+        assert_eq!(kv.get("serial").and_then(QObject::as_str), Some("a,b"));
+        let c = p(&["-M", "none", "-machine", "type=pc"]).unwrap();
+        assert_eq!(c.machine.as_deref(), Some("pc"));
+        assert!(device_args("{").is_err());
+        assert!(blockdev_args("driver=null-co").is_err());
+    }
 }

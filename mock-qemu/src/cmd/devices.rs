@@ -502,6 +502,95 @@ impl DeviceDel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::{Core, CoreConfig, Delivery};
+    use crate::profile::{Flavor, Profile};
+    use crate::qmp::json::{JsonStreamer, Parsed};
+
+    fn send(core: &mut Core, sid: u64, text: &str) -> Delivery {
+        let mut items = Vec::new();
+        let mut s = JsonStreamer::new();
+        s.feed(text.as_bytes(), &mut items);
+        let item = items.into_iter().next().expect("one message");
+        core.handle(sid, item)
+    }
+
+    fn core_with(args: &[&str], version: Version) -> Core {
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        let cfg = crate::cmdline::parse("qemu-system-x86_64", &args, |_| None).unwrap();
+        let profile = Profile::get(version, Flavor::System).unwrap();
+        let mut core = Core::new(profile, &CoreConfig::default());
+        core.run_cmdline(&cfg).unwrap();
+        core
+    }
+
+    #[test]
+    fn a_command_line_disk_is_in_query_block_and_its_node_in_use() {
+        let mut core = core_with(
+            &[
+                "-M",
+                "pc",
+                "-blockdev",
+                r#"{"driver": "null-co", "node-name": "n0"}"#,
+                "-device",
+                "virtio-blk-pci,drive=n0,id=vd0",
+            ],
+            Version::V10_0,
+        );
+        let (sid, _) = core.open_session();
+        send(&mut core, sid, r#"{"execute": "qmp_capabilities"}"#);
+        let d = send(&mut core, sid, r#"{"execute": "query-block"}"#);
+        let reply = d.reply.unwrap();
+        assert!(reply.contains(r#""qdev": "/machine/peripheral/vd0/virtio-backend""#));
+        assert!(reply.contains(r#""node-name": "n0""#));
+        let d = send(
+            &mut core,
+            sid,
+            r#"{"execute": "blockdev-del", "arguments": {"node-name": "n0"}}"#,
+        );
+        assert!(d.reply.unwrap().contains("Node n0 is in use"));
+    }
+
+    #[test]
+    fn scsi_unplug_is_synchronous_and_pci_unplug_waits_for_the_guest() {
+        let mut core = core_with(&["-M", "pc"], Version::V7_2);
+        let (sid, _) = core.open_session();
+        for c in [
+            r#"{"execute": "qmp_capabilities"}"#,
+            r#"{"execute": "blockdev-add", "arguments": {"driver": "null-co", "node-name": "n0"}}"#,
+            r#"{"execute": "device_add", "arguments": {"driver": "virtio-scsi-pci", "id": "scsi0"}}"#,
+            r#"{"execute": "device_add", "arguments": {"driver": "scsi-hd", "drive": "n0", "id": "sd0"}}"#,
+        ] {
+            assert_eq!(send(&mut core, sid, c).reply.unwrap(), r#"{"return": {}}"#);
+        }
+        let d = send(
+            &mut core,
+            sid,
+            r#"{"execute": "device_del", "arguments": {"id": "scsi0"}}"#,
+        );
+        assert!(d.after.is_empty() && d.events.is_empty());
+        let d = send(
+            &mut core,
+            sid,
+            r#"{"execute": "device_del", "arguments": {"id": "sd0"}}"#,
+        );
+        assert_eq!(d.after.len(), 1);
+        assert!(d.after[0].contains(r#""event": "DEVICE_DELETED""#));
+        assert!(core.machine().devices().find("sd0").is_none());
+        assert!(core.machine().devices().find("scsi0").is_some());
+    }
+
+    #[test]
+    fn machine_none_has_no_pci_bus() {
+        let args = ["-M", "none", "-device", "virtio-scsi-pci,id=s"];
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        let cfg = crate::cmdline::parse("qemu-system-x86_64", &args, |_| None).unwrap();
+        let profile = Profile::get(Version::V10_0, Flavor::System).unwrap();
+        let mut core = Core::new(profile, &CoreConfig::default());
+        assert_eq!(
+            core.run_cmdline(&cfg).unwrap_err(),
+            "-device virtio-scsi-pci,id=s: No 'PCI' bus found for device 'virtio-scsi-pci'"
+        );
+    }
 
     #[test]
     fn ids_follow_qemu_rules() {
