@@ -504,7 +504,7 @@ mod tests {
     use super::*;
     use crate::core::{Core, CoreConfig, Delivery};
     use crate::profile::{Flavor, Profile};
-    use crate::qmp::json::{JsonStreamer, Parsed};
+    use crate::qmp::json::JsonStreamer;
 
     fn send(core: &mut Core, sid: u64, text: &str) -> Delivery {
         let mut items = Vec::new();
