@@ -392,8 +392,23 @@ impl Target for Process {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     Err(e) => {
+                        // A program that exited (a refused command line)
+                        // says why on stderr.
+                        if let Some(status) = self
+                            .child
+                            .as_mut()
+                            .and_then(|c| c.try_wait().ok().flatten())
+                        {
+                            let err = std::fs::read_to_string(self.dir.path().join("stderr.log"))
+                                .unwrap_or_default();
+                            bail!(
+                                "{} exited with {status}: {}",
+                                self.spec.program.display(),
+                                err.trim()
+                            );
+                        }
                         return Err(e)
-                            .with_context(|| format!("connecting to {}", self.sock.display()))
+                            .with_context(|| format!("connecting to {}", self.sock.display()));
                     }
                 }
             }

@@ -58,6 +58,10 @@ pub struct Config {
     pub max_clients: usize,
     /// Stepped job mode and its throughput (`--mock-jobs stepped[:BYTES_PER_S]`).
     pub stepped_jobs: Option<u64>,
+    /// `--mock-guest-unplug` (`MOCK_QEMU_GUEST_UNPLUG=1`): the simulated
+    /// guest ejects PCI devices `device_del` asks it to, while it runs (a
+    /// simulator extension; QEMU's paused or OS-less guest never does).
+    pub guest_unplug: bool,
     /// Strict mode (`--mock-strict`, `MOCK_QEMU_STRICT=1`): refuse uses of
     /// images a commit invalidated (a simulator extension; QEMU accepts them).
     pub strict: bool,
@@ -412,6 +416,9 @@ pub fn parse(
     if env("MOCK_QEMU_STRICT").is_some_and(|v| v == "1") {
         cfg.strict = true;
     }
+    if env("MOCK_QEMU_GUEST_UNPLUG").is_some_and(|v| v == "1") {
+        cfg.guest_unplug = true;
+    }
     if let Some(n) = env("MOCK_QEMU_MAX_CLIENTS") {
         cfg.max_clients = n.parse().map_err(|_| {
             CmdlineError::Invalid(format!("MOCK_QEMU_MAX_CLIENTS: '{n}' is not a number"))
@@ -460,6 +467,7 @@ pub fn parse(
                 cfg.stepped_jobs = parse_job_mode(&v, &mut cfg)?;
             }
             "mock-strict" => cfg.strict = true,
+            "mock-guest-unplug" => cfg.guest_unplug = true,
             "mock-fault" => {
                 let v = value(name)?;
                 cfg.faults.push(v);

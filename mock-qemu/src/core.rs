@@ -204,6 +204,9 @@ impl Core {
         self.machine
             .devices_mut()
             .set_machine_type(cfg.machine.as_deref());
+        self.machine
+            .devices_mut()
+            .set_guest_unplug(cfg.guest_unplug);
         let dash = if cfg.flavor == crate::profile::Flavor::Qsd {
             "--"
         } else {

@@ -5,7 +5,7 @@
 use super::{desc, Context, Return};
 use crate::model::devices::{Bus, Device, DeviceKind};
 use crate::model::graph::{EdgePerm, PermUser, PERM_READ, PERM_RESIZE, PERM_WRITE};
-use crate::model::ModelEvent;
+use crate::model::{ModelEvent, RunState};
 use crate::profile::Version;
 use crate::qmp::error::{ErrorClass, QmpError};
 use crate::qmp::qobject::{QDict, QNum, QObject};
@@ -472,30 +472,64 @@ impl DeviceDel {
             // device; a guest that never runs (or has no OS) never does.
             DeviceKind::VirtioBlkPci | DeviceKind::VirtioScsiPci | DeviceKind::PcieRootPort => {
                 ctx.machine.devices_mut().set_unplug_pending(&device.path);
+                if ctx.machine.run_state() == RunState::Running {
+                    eject_pending(ctx);
+                }
             }
             // A SCSI disk leaves its bus at once; DEVICE_DELETED follows
             // the reply.
-            DeviceKind::ScsiHd => {
-                let owner = device.backend_owner();
-                let node = ctx
-                    .machine
-                    .graph()
-                    .backends()
-                    .find(|(o, _)| *o == owner)
-                    .map(|(_, n)| n);
-                let graph = ctx.machine.graph_mut();
-                graph.detach_backend(&owner);
-                if let Some(n) = node {
-                    graph.free_unused(n);
-                }
-                ctx.machine.devices_mut().remove(&device.path);
-                ctx.machine.emit_after_reply(ModelEvent::DeviceDeleted {
-                    device: device.id.clone(),
-                    path: device.path.clone(),
-                });
-            }
+            DeviceKind::ScsiHd => remove(ctx, &device),
         }
         Ok(QObject::Dict(QDict::new()))
+    }
+}
+
+/// Removes a device (its BlockBackend goes, its node stays if the monitor
+/// owns it) and raises `DEVICE_DELETED` after the reply: first for a
+/// virtio device's `virtio-backend` child (which has no id), then for the
+/// device.
+fn remove(ctx: &mut Context<'_>, device: &Device) {
+    if device.kind.is_disk() {
+        let owner = device.backend_owner();
+        let node = ctx
+            .machine
+            .graph()
+            .backends()
+            .find(|(o, _)| *o == owner)
+            .map(|(_, n)| n);
+        let graph = ctx.machine.graph_mut();
+        graph.detach_backend(&owner);
+        if let Some(n) = node {
+            graph.free_unused(n);
+        }
+    }
+    ctx.machine.devices_mut().remove(&device.path);
+    if matches!(
+        device.kind,
+        DeviceKind::VirtioBlkPci | DeviceKind::VirtioScsiPci
+    ) {
+        ctx.machine.emit_after_reply(ModelEvent::DeviceDeleted {
+            device: None,
+            path: format!("{}/virtio-backend", device.path),
+        });
+    }
+    ctx.machine.emit_after_reply(ModelEvent::DeviceDeleted {
+        device: device.id.clone(),
+        path: device.path.clone(),
+    });
+}
+
+/// Mock-only (`--mock-guest-unplug`): the running guest ejects every
+/// device it was asked to unplug, with what is plugged below it. Without
+/// the option nothing happens, as with a paused or OS-less guest.
+pub(super) fn eject_pending(ctx: &mut Context<'_>) {
+    if !ctx.machine.devices().guest_unplug() {
+        return;
+    }
+    for path in ctx.machine.devices().pending_unplugs() {
+        for d in ctx.machine.devices().subtree(&path) {
+            remove(ctx, &d);
+        }
     }
 }
 
@@ -577,6 +611,58 @@ mod tests {
         assert!(d.after[0].contains(r#""event": "DEVICE_DELETED""#));
         assert!(core.machine().devices().find("sd0").is_none());
         assert!(core.machine().devices().find("scsi0").is_some());
+    }
+
+    #[test]
+    fn a_guest_that_answers_ejects_pci_devices_once_it_runs() {
+        let mut core = core_with(
+            &[
+                "-M",
+                "pc",
+                "--mock-guest-unplug",
+                "-blockdev",
+                r#"{"driver": "null-co", "node-name": "n0"}"#,
+                "-blockdev",
+                r#"{"driver": "null-co", "node-name": "n1"}"#,
+                "-device",
+                "virtio-blk-pci,drive=n0,id=vd0",
+                "-device",
+                "virtio-scsi-pci,id=scsi0",
+                "-device",
+                "scsi-hd,drive=n1,id=sd0",
+            ],
+            Version::V10_0,
+        );
+        let (sid, _) = core.open_session();
+        send(&mut core, sid, r#"{"execute": "qmp_capabilities"}"#);
+        // A paused guest answers nothing: the request waits for `cont`.
+        send(&mut core, sid, r#"{"execute": "stop"}"#);
+        let d = send(
+            &mut core,
+            sid,
+            r#"{"execute": "device_del", "arguments": {"id": "vd0"}}"#,
+        );
+        assert!(d.after.is_empty());
+        let d = send(&mut core, sid, r#"{"execute": "cont"}"#);
+        assert_eq!(d.after.len(), 2, "{:?}", d.after);
+        assert!(d.after[0].contains(r#""path": "/machine/peripheral/vd0/virtio-backend""#));
+        assert!(d.after[1].contains(r#""device": "vd0""#));
+        // Running: a controller goes at once, its disk first.
+        let d = send(
+            &mut core,
+            sid,
+            r#"{"execute": "device_del", "arguments": {"id": "scsi0"}}"#,
+        );
+        assert_eq!(d.after.len(), 3, "{:?}", d.after);
+        assert!(d.after[0].contains(r#""device": "sd0""#));
+        assert!(d.after[2].contains(r#""device": "scsi0""#));
+        assert_eq!(core.machine().devices().iter().count(), 0);
+        let d = send(
+            &mut core,
+            sid,
+            r#"{"execute": "blockdev-del", "arguments": {"node-name": "n1"}}"#,
+        );
+        assert_eq!(d.reply.unwrap(), r#"{"return": {}}"#);
     }
 
     #[test]

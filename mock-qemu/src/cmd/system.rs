@@ -49,6 +49,11 @@ pub struct Cont;
 impl Cont {
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
         ctx.machine.cont();
+        // Mock-only: a guest that answers unplug requests does so once it
+        // runs.
+        if ctx.machine.run_state() == RunState::Running {
+            super::devices::eject_pending(ctx);
+        }
         Ok(QObject::Dict(QDict::new()))
     }
 }

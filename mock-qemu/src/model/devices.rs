@@ -129,12 +129,61 @@ pub struct Devices {
     /// The machine type (`None`: QEMU's default, `pc`).
     machine: Option<String>,
     list: Vec<Device>,
+    /// Mock-only: the guest ejects devices it is asked to unplug.
+    guest_unplug: bool,
 }
 
 impl Devices {
     /// Sets the machine type (`-M`).
     pub fn set_machine_type(&mut self, machine: Option<&str>) {
         self.machine = machine.map(str::to_owned);
+    }
+
+    /// Mock-only (`--mock-guest-unplug`): the running guest answers PCI
+    /// unplug requests.
+    pub fn set_guest_unplug(&mut self, on: bool) {
+        self.guest_unplug = on;
+    }
+
+    /// Whether the guest answers unplug requests.
+    pub fn guest_unplug(&self) -> bool {
+        self.guest_unplug
+    }
+
+    /// The buses a device provides (a root port's, a controller's).
+    pub fn buses_of(&self, d: &Device) -> Vec<String> {
+        match (d.kind, &d.id) {
+            (DeviceKind::PcieRootPort, Some(id)) => vec![id.clone()],
+            (DeviceKind::VirtioScsiPci, id) => {
+                vec![format!("{}.0", id.as_deref().unwrap_or("scsi"))]
+            }
+            _ => vec![],
+        }
+    }
+
+    /// A device and everything plugged below it, children first (the
+    /// order QEMU unrealizes them in).
+    pub fn subtree(&self, path: &str) -> Vec<Device> {
+        let Some(d) = self.list.iter().find(|d| d.path == path) else {
+            return vec![];
+        };
+        let mut out = Vec::new();
+        for bus in self.buses_of(d) {
+            for child in self.list.iter().filter(|c| c.bus == bus) {
+                out.extend(self.subtree(&child.path));
+            }
+        }
+        out.push(d.clone());
+        out
+    }
+
+    /// Every device whose unplug the guest was asked for, oldest first.
+    pub fn pending_unplugs(&self) -> Vec<String> {
+        self.list
+            .iter()
+            .filter(|d| d.unplug_pending)
+            .map(|d| d.path.clone())
+            .collect()
     }
 
     /// Every device, oldest first.
