@@ -13,56 +13,103 @@ use crate::qmp::qobject::{QDict, QNum, QObject};
 /// `BLK_PERM_WRITE_UNCHANGED`.
 const PERM_WRITE_UNCHANGED: u8 = 4;
 
-/// Device models QEMU has that the mock does not simulate: they get the
-/// mock's own "not implemented" error rather than QEMU's "not a valid
-/// device model name" (which every other name gets).
-const UNMODELLED: &[&str] = &[
-    "virtio-blk-device",
-    "virtio-scsi-device",
-    "virtio-net-pci",
-    "virtio-balloon-pci",
-    "virtio-serial-pci",
-    "virtio-rng-pci",
-    "virtio-gpu-pci",
-    "virtio-vga",
-    "virtio-keyboard-pci",
-    "virtio-mouse-pci",
-    "virtio-tablet-pci",
-    "vhost-user-blk-pci",
-    "scsi-cd",
-    "scsi-block",
-    "scsi-generic",
-    "ide-hd",
-    "ide-cd",
-    "ahci",
-    "nvme",
-    "nvme-ns",
-    "usb-storage",
-    "usb-tablet",
-    "usb-kbd",
-    "usb-mouse",
-    "qemu-xhci",
-    "nec-usb-xhci",
-    "piix3-usb-uhci",
-    "ich9-usb-ehci1",
-    "e1000",
-    "e1000e",
-    "rtl8139",
-    "pcie-root-port",
-    "pci-bridge",
-    "isa-serial",
-    "virtserialport",
-    "virtconsole",
-    "floppy",
-    "isa-fdc",
-    "lsi53c895a",
-    "megasas",
-    "VGA",
-    "cirrus-vga",
-    "qxl-vga",
-    "pvpanic",
-    "i6300esb",
-    "vmcoreinfo",
+/// Device models QEMU has that the mock does not simulate, and whether
+/// they sit on a PCI bus. On the command line they are accepted as opaque
+/// devices (a launcher such as libvirt gives NICs, USB controllers, …);
+/// `device_add` gets the mock's own "not implemented" error. Every other
+/// name gets QEMU's "not a valid device model name".
+const UNMODELLED: &[(&str, bool)] = &[
+    ("virtio-blk-device", false),
+    ("virtio-scsi-device", false),
+    ("virtio-net-pci", true),
+    ("virtio-balloon-pci", true),
+    ("virtio-serial-pci", true),
+    ("virtio-rng-pci", true),
+    ("virtio-gpu-pci", true),
+    ("virtio-vga", true),
+    ("virtio-keyboard-pci", true),
+    ("virtio-mouse-pci", true),
+    ("virtio-tablet-pci", true),
+    ("vhost-user-blk-pci", true),
+    ("scsi-cd", false),
+    ("scsi-block", false),
+    ("scsi-generic", false),
+    ("ide-hd", false),
+    ("ide-cd", false),
+    ("ahci", true),
+    ("nvme", true),
+    ("nvme-ns", false),
+    ("usb-storage", false),
+    ("usb-tablet", false),
+    ("usb-kbd", false),
+    ("usb-mouse", false),
+    ("qemu-xhci", true),
+    ("nec-usb-xhci", true),
+    ("piix3-usb-uhci", true),
+    ("ich9-usb-ehci1", true),
+    ("e1000", true),
+    ("e1000e", true),
+    ("rtl8139", true),
+    ("pcie-root-port", true),
+    ("pci-bridge", true),
+    ("isa-serial", false),
+    ("virtserialport", false),
+    ("virtconsole", false),
+    ("floppy", false),
+    ("isa-fdc", false),
+    ("lsi53c895a", true),
+    ("megasas", true),
+    ("VGA", true),
+    ("cirrus-vga", true),
+    ("qxl-vga", true),
+    ("pvpanic", false),
+    ("i6300esb", true),
+    ("vmcoreinfo", false),
+    ("qxl", true),
+    ("virtio-input-host-pci", true),
+    ("ich9-usb-uhci1", true),
+    ("ich9-usb-uhci2", true),
+    ("ich9-usb-uhci3", true),
+    ("usb-ehci", true),
+    ("virtio-9p-pci", true),
+    ("vhost-vsock-pci", true),
+    ("ivshmem-plain", true),
+    ("i82801b11-bridge", true),
+    ("pcie-pci-bridge", true),
+    ("ioh3420", true),
+    ("x3130-upstream", true),
+    ("xio3130-downstream", true),
+    ("pxb", true),
+    ("pxb-pcie", true),
+    ("intel-iommu", false),
+    ("virtio-iommu-pci", true),
+    ("tpm-tis", false),
+    ("tpm-crb", false),
+    ("hda-duplex", false),
+    ("hda-micro", false),
+    ("hda-output", false),
+    ("ich9-intel-hda", true),
+    ("intel-hda", true),
+    ("AC97", true),
+    ("usb-redir", false),
+    ("usb-host", false),
+    ("spapr-vscsi", false),
+    ("sga", false),
+    ("pvscsi", true),
+    ("vhost-user-fs-pci", true),
+    ("virtio-crypto-pci", true),
+    ("virtio-pmem-pci", true),
+    ("nvdimm", false),
+    ("pc-dimm", false),
+    ("virtio-mem-pci", true),
+    ("isa-debugcon", false),
+    ("pci-serial", true),
+    ("usb-serial", false),
+    ("ramfb", false),
+    ("bochs-display", true),
+    ("virtio-gpu-gl-pci", true),
+    ("vhost-scsi-pci", true),
+    ("vfio-pci", true),
 ];
 
 /// Properties of the modelled devices that the mock accepts and ignores
@@ -248,16 +295,25 @@ impl DeviceAdd {
             }
             _ => return Err(QmpError::generic("Parameter 'driver' is missing")),
         };
-        let Some(kind) = DeviceKind::from_driver(&driver) else {
-            if UNMODELLED.contains(&driver.as_str()) {
-                return Err(QmpError::generic(format!(
-                    "mock-qemu: device model '{driver}' is not implemented by the mock (it exists in QEMU)"
-                )));
-            }
-            return Err(QmpError::generic(format!(
-                "'{driver}' is not a valid device model name"
-            )));
+        let kind = match DeviceKind::from_driver(&driver) {
+            Some(k) => k,
+            None => match UNMODELLED.iter().find(|(n, _)| *n == driver) {
+                Some((_, pci)) if self.origin != Origin::Qmp => DeviceKind::Opaque { pci: *pci },
+                Some(_) => {
+                    return Err(QmpError::generic(format!(
+                        "mock-qemu: device model '{driver}' is not implemented by the mock (it exists in QEMU)"
+                    )))
+                }
+                None => {
+                    return Err(QmpError::generic(format!(
+                        "'{driver}' is not a valid device model name"
+                    )))
+                }
+            },
         };
+        if let DeviceKind::Opaque { pci } = kind {
+            return add_opaque(ctx, &props, id, driver, pci);
+        }
         // The bus: a named one, or the first of the right type.
         let devices = ctx.machine.devices();
         let bus = match props.string("bus")? {
@@ -338,6 +394,7 @@ impl DeviceAdd {
         let device = Device {
             id: id.clone(),
             kind,
+            driver: driver.clone(),
             path,
             bus: bus.name.clone(),
             devfn,
@@ -378,6 +435,52 @@ impl DeviceAdd {
     }
 }
 
+/// A command-line device of a model the mock does not simulate: its id
+/// and, on a PCI bus (the named one or the root), its slot; its other
+/// properties are not looked at.
+fn add_opaque(
+    ctx: &mut Context<'_>,
+    props: &Props<'_>,
+    id: Option<String>,
+    driver: String,
+    pci: bool,
+) -> Result<Return, QmpError> {
+    let v = ctx.profile.version();
+    let devices = ctx.machine.devices();
+    if let Some(id) = &id {
+        if devices.find(id).is_some() {
+            return Err(QmpError::generic(format!("Duplicate device ID '{id}'")));
+        }
+    }
+    let (bus, devfn) = if pci {
+        let bus = match props.string("bus")? {
+            Some(name) => devices
+                .bus(&name)
+                .filter(|b| b.kind == "PCI")
+                .ok_or_else(|| QmpError::generic(format!("Bus '{name}' not found")))?,
+            None => devices.first_bus("PCI").ok_or_else(|| {
+                QmpError::generic(format!("No 'PCI' bus found for device '{driver}'"))
+            })?,
+        };
+        let addr = props.args.get("addr").and_then(parse_addr);
+        let devfn = pci_slot(ctx, &bus, addr, &driver, v)?;
+        (bus.name, Some(devfn))
+    } else {
+        (String::new(), None)
+    };
+    let path = ctx.machine.devices().path_for(id.as_deref());
+    ctx.machine.devices_mut().add(Device {
+        id,
+        kind: DeviceKind::Opaque { pci },
+        driver,
+        path,
+        bus,
+        devfn,
+        unplug_pending: false,
+    });
+    Ok(QObject::Dict(QDict::new()))
+}
+
 /// The slot and function a PCI device gets on `bus`: `addr`'s, or the
 /// lowest free slot (on a PCIe port 10.0 offers only slot 0).
 fn pci_slot(
@@ -400,7 +503,7 @@ fn pci_slot(
                 "PCI: slot {} function {} not available for {driver}, in use by {},id={}",
                 devfn.0,
                 devfn.1,
-                d.kind.driver(),
+                d.driver,
                 d.id.as_deref().unwrap_or("(null)")
             )));
         }
@@ -414,7 +517,7 @@ fn pci_slot(
         None if bus.port && v >= Version::V10_0 => match devices.at(&bus.name, (0, 0)) {
             Some(d) => Err(QmpError::generic(format!(
                 "PCI: slot 0 function 0 already occupied by {}, new func {driver} cannot be exposed to guest.",
-                d.kind.driver()
+                d.driver
             ))),
             None => Ok((0, 0)),
         },
@@ -470,7 +573,16 @@ impl DeviceDel {
         match device.kind {
             // ACPI (or PCIe native) hot-unplug: the guest must eject the
             // device; a guest that never runs (or has no OS) never does.
-            DeviceKind::VirtioBlkPci | DeviceKind::VirtioScsiPci | DeviceKind::PcieRootPort => {
+            DeviceKind::Opaque { pci: false } => {
+                return Err(QmpError::generic(format!(
+                    "mock-qemu: unplugging a '{}' is not implemented by the mock",
+                    device.driver
+                )))
+            }
+            DeviceKind::VirtioBlkPci
+            | DeviceKind::VirtioScsiPci
+            | DeviceKind::PcieRootPort
+            | DeviceKind::Opaque { pci: true } => {
                 ctx.machine.devices_mut().set_unplug_pending(&device.path);
                 if ctx.machine.run_state() == RunState::Running {
                     eject_pending(ctx);
@@ -663,6 +775,59 @@ mod tests {
             r#"{"execute": "blockdev-del", "arguments": {"node-name": "n1"}}"#,
         );
         assert_eq!(d.reply.unwrap(), r#"{"return": {}}"#);
+    }
+
+    #[test]
+    fn a_libvirt_command_line_starts_with_models_the_mock_does_not_simulate() {
+        let mut core = core_with(
+            &[
+                "-machine",
+                "pc-q35-7.2,usb=off,vmport=off,dump-guest-core=off",
+                "-accel",
+                "tcg",
+                "-device",
+                r#"{"driver":"pcie-root-port","port":16,"chassis":1,"id":"pci.1","bus":"pcie.0","multifunction":true,"addr":"0x2"}"#,
+                "-device",
+                r#"{"driver":"pcie-root-port","port":17,"chassis":2,"id":"pci.2","bus":"pcie.0","addr":"0x2.0x1"}"#,
+                "-device",
+                r#"{"driver":"pcie-root-port","port":18,"chassis":3,"id":"pci.3","bus":"pcie.0","addr":"0x2.0x2"}"#,
+                "-device",
+                r#"{"driver":"qemu-xhci","p2":15,"p3":15,"id":"usb","bus":"pci.2","addr":"0x0"}"#,
+                "-blockdev",
+                r#"{"driver":"null-co","node-name":"libvirt-1-format"}"#,
+                "-device",
+                r#"{"driver":"virtio-blk-pci","bus":"pci.3","addr":"0x0","drive":"libvirt-1-format","id":"virtio-disk0","bootindex":1}"#,
+                "-netdev",
+                r#"{"type":"user","id":"hostnet0"}"#,
+                "-device",
+                r#"{"driver":"virtio-net-pci","netdev":"hostnet0","id":"net0","mac":"52:54:00:00:00:01","bus":"pci.1","addr":"0x0"}"#,
+                "-device",
+                r#"{"driver":"usb-tablet","id":"input0","bus":"usb.0","port":"1"}"#,
+            ],
+            Version::V10_0,
+        );
+        assert_eq!(core.machine().devices().iter().count(), 7);
+        let (sid, _) = core.open_session();
+        send(&mut core, sid, r#"{"execute": "qmp_capabilities"}"#);
+        let d = send(
+            &mut core,
+            sid,
+            r#"{"execute": "device_add", "arguments": {"driver": "virtio-net-pci", "id": "net1", "bus": "pci.1"}}"#,
+        );
+        assert!(d
+            .reply
+            .unwrap()
+            .contains("mock-qemu: device model 'virtio-net-pci'"));
+        // The NIC holds its port's slot.
+        let d = send(
+            &mut core,
+            sid,
+            r#"{"execute": "device_add", "arguments": {"driver": "virtio-blk-pci", "drive": "libvirt-1-format", "id": "d", "bus": "pci.1", "addr": "0x0"}}"#,
+        );
+        assert!(d
+            .reply
+            .unwrap()
+            .contains("in use by virtio-net-pci,id=net0"));
     }
 
     #[test]

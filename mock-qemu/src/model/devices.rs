@@ -16,6 +16,13 @@ pub enum DeviceKind {
     /// `pcie-root-port`: a PCIe port (provides a hot-pluggable PCIe bus
     /// named by its id, for one device).
     PcieRootPort,
+    /// A model the mock does not simulate, given on the command line (a
+    /// launcher's NIC, USB controller, …): it only holds its id and, for a
+    /// PCI device, its slot.
+    Opaque {
+        /// It sits on a PCI bus.
+        pci: bool,
+    },
 }
 
 impl DeviceKind {
@@ -37,16 +44,19 @@ impl DeviceKind {
             DeviceKind::VirtioScsiPci => "virtio-scsi-pci",
             DeviceKind::ScsiHd => "scsi-hd",
             DeviceKind::PcieRootPort => "pcie-root-port",
+            DeviceKind::Opaque { .. } => "",
         }
     }
 
     /// The bus type it plugs into (`No 'PCI' bus found …`).
     pub fn bus_type(self) -> &'static str {
         match self {
-            DeviceKind::VirtioBlkPci | DeviceKind::VirtioScsiPci | DeviceKind::PcieRootPort => {
-                "PCI"
-            }
+            DeviceKind::VirtioBlkPci
+            | DeviceKind::VirtioScsiPci
+            | DeviceKind::PcieRootPort
+            | DeviceKind::Opaque { pci: true } => "PCI",
             DeviceKind::ScsiHd => "SCSI",
+            DeviceKind::Opaque { pci: false } => "",
         }
     }
 
@@ -59,6 +69,7 @@ impl DeviceKind {
             DeviceKind::VirtioScsiPci => "virtio-scsi-pci",
             DeviceKind::ScsiHd => "scsi-hd",
             DeviceKind::PcieRootPort => "pcie-root-port",
+            DeviceKind::Opaque { .. } => "",
         }
     }
 
@@ -75,6 +86,8 @@ pub struct Device {
     pub id: Option<String>,
     /// The model.
     pub kind: DeviceKind,
+    /// The driver name (`virtio-blk-pci`, `qemu-xhci`, …).
+    pub driver: String,
     /// Its QOM path (`/machine/peripheral/ID`,
     /// `/machine/peripheral-anon/device[N]`).
     pub path: String,
@@ -315,6 +328,7 @@ mod tests {
         Device {
             id: id.map(str::to_owned),
             kind,
+            driver: kind.driver().to_owned(),
             path: d.path_for(id),
             bus: "pci.0".into(),
             devfn: None,
