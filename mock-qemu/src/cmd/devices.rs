@@ -279,9 +279,15 @@ impl DeviceAdd {
         };
         // A non-string id makes an anonymous device, in both versions.
         let id = args.get("id").and_then(QObject::as_str).map(str::to_owned);
-        // Up to 7.2 the monitor's QemuOpts check the id first; 10.0
-        // takes any string over QMP.
-        if v < Version::V10_0 || self.origin != Origin::Qmp {
+        // QemuOpts check the id first: 7.2's device_add and the key=value
+        // -device go through them; 10.0's device_add and a JSON -device
+        // take any string.
+        let qemu_opts = match self.origin {
+            Origin::Qmp => v < Version::V10_0,
+            Origin::CmdlineKeyval => true,
+            Origin::CmdlineJson => false,
+        };
+        if qemu_opts {
             if let Some(id) = &id {
                 if !id_wellformed(id) {
                     return Err(QmpError::generic("Parameter 'id' expects an identifier"));
@@ -290,9 +296,7 @@ impl DeviceAdd {
         }
         let driver = match args.get("driver") {
             Some(QObject::Str(s)) => s.clone(),
-            Some(_) if !props.typed || self.origin == Origin::CmdlineJson => {
-                props.string("driver")?.unwrap_or_default()
-            }
+            Some(_) if !props.typed => props.string("driver")?.unwrap_or_default(),
             _ => return Err(QmpError::generic("Parameter 'driver' is missing")),
         };
         let kind = match DeviceKind::from_driver(&driver) {
