@@ -93,6 +93,7 @@ pub fn execute(
         "blockdev-add" => blockdev::BlockdevAdd::new(dict(&args)).apply(ctx),
         "blockdev-del" => blockdev::BlockdevDel::new(&dict(&args)).apply(ctx),
         "query-block" => blockdev::QueryBlock.apply(ctx),
+        "query-blockstats" => blockdev::QueryBlockstats::new(&dict(&args)).apply(ctx),
         "device_add" => devices::DeviceAdd::new(dict(&args), devices::Origin::Qmp).apply(ctx),
         "device_del" => devices::DeviceDel::new(&dict(&args)).apply(ctx),
         "query-named-block-nodes" => blockdev::QueryNamedBlockNodes::new(&dict(&args)).apply(ctx),
