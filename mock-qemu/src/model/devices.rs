@@ -175,19 +175,33 @@ impl Devices {
     }
 
     /// A device and everything plugged below it, children first (the
-    /// order QEMU unrealizes them in).
+    /// order QEMU unrealizes them in). Each device once, even where ids
+    /// make bus names collide (`x.0` of a controller `x` and a port `x.0`).
     pub fn subtree(&self, path: &str) -> Vec<Device> {
-        let Some(d) = self.list.iter().find(|d| d.path == path) else {
-            return vec![];
-        };
+        let mut seen = std::collections::BTreeSet::new();
         let mut out = Vec::new();
+        self.collect(path, &mut seen, &mut out);
+        out
+    }
+
+    fn collect(
+        &self,
+        path: &str,
+        seen: &mut std::collections::BTreeSet<String>,
+        out: &mut Vec<Device>,
+    ) {
+        if !seen.insert(path.to_owned()) {
+            return;
+        }
+        let Some(d) = self.list.iter().find(|d| d.path == path) else {
+            return;
+        };
         for bus in self.buses_of(d) {
             for child in self.list.iter().filter(|c| c.bus == bus) {
-                out.extend(self.subtree(&child.path));
+                self.collect(&child.path, seen, out);
             }
         }
         out.push(d.clone());
-        out
     }
 
     /// Every device whose unplug the guest was asked for, oldest first.
@@ -347,6 +361,22 @@ mod tests {
         d.add(b);
         d.remove("/machine/peripheral-anon/device[0]");
         assert_eq!(d.path_for(None), "/machine/peripheral-anon/device[0]");
+    }
+
+    #[test]
+    fn colliding_bus_names_do_not_loop() {
+        let mut d = Devices::default();
+        let mut port = dev(Some("x.0"), DeviceKind::PcieRootPort, &d);
+        port.bus = "pci.0".into();
+        d.add(port);
+        // A controller `x` provides `x.0` too, and sits on the port's bus.
+        let mut ctl = dev(Some("x"), DeviceKind::VirtioScsiPci, &d);
+        ctl.bus = "x.0".into();
+        d.add(ctl);
+        let sub = d.subtree("/machine/peripheral/x");
+        assert_eq!(sub.len(), 1);
+        let sub = d.subtree("/machine/peripheral/x.0");
+        assert_eq!(sub.len(), 2);
     }
 
     #[test]
