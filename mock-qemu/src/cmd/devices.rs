@@ -639,9 +639,14 @@ fn remove(ctx: &mut Context<'_>, device: &Device) {
 /// device it was asked to unplug, with what is plugged below it. Without
 /// the option nothing happens, as with a paused or OS-less guest.
 pub(super) fn eject_pending(ctx: &mut Context<'_>) {
-    if !ctx.machine.devices().guest_unplug() {
-        return;
+    if ctx.machine.devices().guest_unplug() {
+        eject_all_pending(ctx);
     }
+}
+
+/// Ejects every device whose unplug was requested, oldest first, each
+/// with what is plugged below it (what a reset of the machine does).
+pub(super) fn eject_all_pending(ctx: &mut Context<'_>) {
     for path in ctx.machine.devices().pending_unplugs() {
         for d in ctx.machine.devices().subtree(&path) {
             remove(ctx, &d);

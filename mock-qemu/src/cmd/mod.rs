@@ -90,6 +90,7 @@ pub fn execute(
         "query-status" => system::QueryStatus.apply(ctx),
         "stop" => system::Stop.apply(ctx),
         "cont" => system::Cont.apply(ctx),
+        "system_reset" => system::SystemReset.apply(ctx),
         "blockdev-add" => blockdev::BlockdevAdd::new(dict(&args)).apply(ctx),
         "blockdev-del" => blockdev::BlockdevDel::new(&dict(&args)).apply(ctx),
         "query-block" => blockdev::QueryBlock.apply(ctx),
@@ -230,6 +231,12 @@ pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
             ("SHUTDOWN", Some(QObject::Dict(d)))
         }
         ModelEvent::Stop => ("STOP", None),
+        ModelEvent::Reset { guest, reason } => {
+            let mut d = QDict::new();
+            d.put("guest", *guest);
+            d.put("reason", *reason);
+            ("RESET", Some(QObject::Dict(d)))
+        }
         ModelEvent::Resume => ("RESUME", None),
         ModelEvent::JobStatusChange { id, status } => {
             let mut d = QDict::new();

@@ -40,6 +40,13 @@ pub enum ModelEvent {
     },
     /// `STOP` (system emulator).
     Stop,
+    /// `RESET` (system emulator).
+    Reset {
+        /// Whether the guest asked for it.
+        guest: bool,
+        /// `host-qmp-system-reset`, …
+        reason: &'static str,
+    },
     /// `RESUME` (system emulator).
     Resume,
     /// `JOB_STATUS_CHANGE`.
