@@ -624,4 +624,36 @@ mod tests {
         assert!(Scenario::parse("# description: d\nexpect-statuses j\n", "x").is_err());
         assert!(Scenario::parse("# description: d\nawait-event X timeout=0\n", "x").is_err());
     }
+
+    #[test]
+    fn launch_headers_split_like_a_shell_and_add_up() {
+        let s = Scenario::parse(
+            "# description: d\n\
+             # flavor: system\n\
+             # launch-setup: qemu-img create -q -f qcow2 a.qcow2 1M\n\
+             # args: -M pc -blockdev '{\"driver\": \"null-co\", \"node-name\": \"n0\"}'\n\
+             # args: -device virtio-blk-pci,drive=n0,id=vd0 \"a b\" c\\ d\n\
+             -> {\"execute\": \"qmp_capabilities\"}\n",
+            "devices/x",
+        )
+        .unwrap();
+        assert_eq!(
+            s.launch.args,
+            [
+                "-M",
+                "pc",
+                "-blockdev",
+                r#"{"driver": "null-co", "node-name": "n0"}"#,
+                "-device",
+                "virtio-blk-pci,drive=n0,id=vd0",
+                "a b",
+                "c d"
+            ]
+        );
+        assert_eq!(s.launch.setup, ["qemu-img create -q -f qcow2 a.qcow2 1M"]);
+        assert!(split_words("'open").is_err());
+        assert!(split_words("\"open").is_err());
+        assert_eq!(split_words("  ").unwrap(), Vec::<String>::new());
+        assert_eq!(split_words("''").unwrap(), [""]);
+    }
 }

@@ -407,8 +407,23 @@ impl Target for Process {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     Err(e) => {
+                        // A program that exited (a refused command line)
+                        // says why on stderr.
+                        if let Some(status) = self
+                            .child
+                            .as_mut()
+                            .and_then(|c| c.try_wait().ok().flatten())
+                        {
+                            let err = std::fs::read_to_string(self.dir.path().join("stderr.log"))
+                                .unwrap_or_default();
+                            bail!(
+                                "{} exited with {status}: {}",
+                                self.spec.program.display(),
+                                err.trim()
+                            );
+                        }
                         return Err(e)
-                            .with_context(|| format!("connecting to {}", self.sock.display()))
+                            .with_context(|| format!("connecting to {}", self.sock.display()));
                     }
                 }
             }
@@ -487,5 +502,30 @@ impl Target for Socket {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scenario_machine_replaces_the_default_and_workdir_is_filled_in() {
+        let dir = Path::new("/w");
+        let plain = launch_args_with(Flavor::System, &Launch::default(), dir);
+        assert_eq!(plain, launch_args(Flavor::System));
+        let launch = Launch {
+            args: ["-M", "pc", "-blockdev", "<workdir>/a.qcow2"]
+                .map(String::from)
+                .to_vec(),
+            setup: vec![],
+        };
+        let args = launch_args_with(Flavor::System, &launch, dir);
+        assert!(!args.windows(2).any(|w| w[0] == "-M" && w[1] == "none"));
+        assert_eq!(args.iter().filter(|a| *a == "-M").count(), 1);
+        assert_eq!(args.last().map(String::as_str), Some("/w/a.qcow2"));
+        assert!(args.contains(&"-S".to_owned()));
+        let qsd = launch_args_with(Flavor::Qsd, &Launch::default(), dir);
+        assert!(qsd.is_empty());
     }
 }

@@ -61,6 +61,10 @@ pub struct Config {
     pub max_clients: usize,
     /// Stepped job mode and its throughput (`--mock-jobs stepped[:BYTES_PER_S]`).
     pub stepped_jobs: Option<u64>,
+    /// `--mock-guest-unplug` (`MOCK_QEMU_GUEST_UNPLUG=1`): the simulated
+    /// guest ejects PCI devices `device_del` asks it to, while it runs (a
+    /// simulator extension; QEMU's paused or OS-less guest never does).
+    pub guest_unplug: bool,
     /// Strict mode (`--mock-strict`, `MOCK_QEMU_STRICT=1`): refuse uses of
     /// images a commit invalidated (a simulator extension; QEMU accepts them).
     pub strict: bool,
@@ -416,6 +420,9 @@ pub fn parse(
     if env("MOCK_QEMU_STRICT").is_some_and(|v| v == "1") {
         cfg.strict = true;
     }
+    if env("MOCK_QEMU_GUEST_UNPLUG").is_some_and(|v| v == "1") {
+        cfg.guest_unplug = true;
+    }
     if let Some(n) = env("MOCK_QEMU_MAX_CLIENTS") {
         cfg.max_clients = n.parse().map_err(|_| {
             CmdlineError::Invalid(format!("MOCK_QEMU_MAX_CLIENTS: '{n}' is not a number"))
@@ -465,6 +472,7 @@ pub fn parse(
                 cfg.stepped_jobs = parse_job_mode(&v, &mut cfg)?;
             }
             "mock-strict" => cfg.strict = true,
+            "mock-guest-unplug" => cfg.guest_unplug = true,
             "mock-fault" => {
                 let v = value(name)?;
                 cfg.faults.push(v);
@@ -736,5 +744,33 @@ mod tests {
         assert_eq!(get(&o, "path"), Some("/a,b"));
         assert_eq!(get(&o, "server"), Some("on"));
         assert_eq!(get(&o, "wait"), Some("off"));
+    }
+
+    #[test]
+    fn devices_and_the_machine_type_are_kept_for_start_up() {
+        let c = p(&[
+            "-machine",
+            "pc-q35-7.2,usb=off,dump-guest-core=off",
+            "-device",
+            r#"{"driver": "pcie-root-port", "id": "pci.1", "chassis": 1}"#,
+            "-device",
+            "virtio-blk-pci,drive=n0,id=vd0,serial=a,,b",
+        ])
+        .unwrap();
+        assert_eq!(c.flavor, Flavor::System);
+        assert_eq!(c.machine.as_deref(), Some("pc-q35-7.2"));
+        assert_eq!(c.devices.len(), 2);
+        let json = device_args(&c.devices[0]).unwrap();
+        assert_eq!(json.get("chassis").map(|v| v.kind()), Some("number"));
+        let kv = device_args(&c.devices[1]).unwrap();
+        assert_eq!(
+            kv.get("driver").and_then(QObject::as_str),
+            Some("virtio-blk-pci")
+        );
+        assert_eq!(kv.get("serial").and_then(QObject::as_str), Some("a,b"));
+        let c = p(&["-M", "none", "-machine", "type=pc"]).unwrap();
+        assert_eq!(c.machine.as_deref(), Some("pc"));
+        assert!(device_args("{").is_err());
+        assert!(blockdev_args("driver=null-co").is_err());
     }
 }

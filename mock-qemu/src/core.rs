@@ -212,16 +212,18 @@ impl Core {
         self.machine
             .devices_mut()
             .set_machine_type(cfg.machine.as_deref());
+        self.machine
+            .devices_mut()
+            .set_guest_unplug(cfg.guest_unplug);
         let dash = if cfg.flavor == crate::profile::Flavor::Qsd {
             "--"
         } else {
             "-"
         };
         type ArgParser = fn(&str) -> Result<QDict, String>;
-        let startup: [(&str, &[String], ArgParser, &str); 3] = [
+        let startup: [(&str, &[String], ArgParser, &str); 2] = [
             ("object", &cfg.objects, object_args, "object-add"),
             ("blockdev", &cfg.blockdevs, blockdev_args, "blockdev-add"),
-            ("device", &cfg.devices, device_args, "device_add"),
         ];
         for (opt, specs, parse, command) in startup {
             for spec in specs {
@@ -229,6 +231,20 @@ impl Core {
                 self.startup_command(command, args)
                     .map_err(|e| format!("{dash}{opt} {spec}: {}", e.desc))?;
             }
+        }
+        for spec in &cfg.devices {
+            let args = device_args(spec).map_err(|e| format!("-device {spec}: {e}"))?;
+            let mut ctx = cmd::Context {
+                sid: 0,
+                profile: &self.profile,
+                machine: &mut self.machine,
+                sessions: &mut self.sessions,
+                host: self.host.as_mut(),
+                cache: &mut self.cache,
+            };
+            let json = spec.trim_start().starts_with('{');
+            cmd::device_add_cmdline(&mut ctx, args, json)
+                .map_err(|e| format!("-device {spec}: {}", e.desc))?;
         }
         Ok(())
     }

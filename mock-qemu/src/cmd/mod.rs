@@ -102,10 +102,12 @@ pub fn execute(
         }
         "stop" => system::Stop.apply(ctx),
         "cont" => system::Cont.apply(ctx),
+        "system_reset" => system::SystemReset.apply(ctx),
         "blockdev-add" => blockdev::BlockdevAdd::new(dict(&args)).apply(ctx),
         "blockdev-del" => blockdev::BlockdevDel::new(&dict(&args)).apply(ctx),
         "query-block" => blockdev::QueryBlock.apply(ctx),
-        "device_add" => devices::DeviceAdd::new(dict(&args)).apply(ctx),
+        "query-blockstats" => blockdev::QueryBlockstats::new(&dict(&args)).apply(ctx),
+        "device_add" => devices::DeviceAdd::new(dict(&args), devices::Origin::Qmp).apply(ctx),
         "device_del" => devices::DeviceDel::new(&dict(&args)).apply(ctx),
         "query-named-block-nodes" => blockdev::QueryNamedBlockNodes::new(&dict(&args)).apply(ctx),
         "blockdev-snapshot-sync" => snapshot::BlockdevSnapshotSync::new(dict(&args)).apply(ctx),
@@ -230,6 +232,20 @@ fn block_job_data(device: &str, len: u64, offset: u64, speed: u64, kind: &str) -
     d
 }
 
+/// A `-device` of the command line (cold plug): `json` for the JSON form.
+pub fn device_add_cmdline(
+    ctx: &mut Context<'_>,
+    args: QDict,
+    json: bool,
+) -> Result<Return, QmpError> {
+    let origin = if json {
+        devices::Origin::CmdlineJson
+    } else {
+        devices::Origin::CmdlineKeyval
+    };
+    devices::DeviceAdd::new(args, origin).apply(ctx)
+}
+
 /// An event's wire name and data.
 pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
     match e {
@@ -240,6 +256,12 @@ pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
             ("SHUTDOWN", Some(QObject::Dict(d)))
         }
         ModelEvent::Stop => ("STOP", None),
+        ModelEvent::Reset { guest, reason } => {
+            let mut d = QDict::new();
+            d.put("guest", *guest);
+            d.put("reason", *reason);
+            ("RESET", Some(QObject::Dict(d)))
+        }
         ModelEvent::Resume => ("RESUME", None),
         ModelEvent::JobStatusChange { id, status } => {
             let mut d = QDict::new();

@@ -13,6 +13,16 @@ pub enum DeviceKind {
     VirtioScsiPci,
     /// `scsi-hd`: a disk on a SCSI bus.
     ScsiHd,
+    /// `pcie-root-port`: a PCIe port (provides a hot-pluggable PCIe bus
+    /// named by its id, for one device).
+    PcieRootPort,
+    /// A model the mock does not simulate, given on the command line (a
+    /// launcher's NIC, USB controller, …): it only holds its id and, for a
+    /// PCI device, its slot.
+    Opaque {
+        /// It sits on a PCI bus.
+        pci: bool,
+    },
 }
 
 impl DeviceKind {
@@ -22,6 +32,7 @@ impl DeviceKind {
             "virtio-blk-pci" => Some(DeviceKind::VirtioBlkPci),
             "virtio-scsi-pci" => Some(DeviceKind::VirtioScsiPci),
             "scsi-hd" => Some(DeviceKind::ScsiHd),
+            "pcie-root-port" => Some(DeviceKind::PcieRootPort),
             _ => None,
         }
     }
@@ -32,14 +43,20 @@ impl DeviceKind {
             DeviceKind::VirtioBlkPci => "virtio-blk-pci",
             DeviceKind::VirtioScsiPci => "virtio-scsi-pci",
             DeviceKind::ScsiHd => "scsi-hd",
+            DeviceKind::PcieRootPort => "pcie-root-port",
+            DeviceKind::Opaque { .. } => "",
         }
     }
 
     /// The bus type it plugs into (`No 'PCI' bus found …`).
     pub fn bus_type(self) -> &'static str {
         match self {
-            DeviceKind::VirtioBlkPci | DeviceKind::VirtioScsiPci => "PCI",
+            DeviceKind::VirtioBlkPci
+            | DeviceKind::VirtioScsiPci
+            | DeviceKind::PcieRootPort
+            | DeviceKind::Opaque { pci: true } => "PCI",
             DeviceKind::ScsiHd => "SCSI",
+            DeviceKind::Opaque { pci: false } => "",
         }
     }
 
@@ -51,6 +68,8 @@ impl DeviceKind {
             DeviceKind::VirtioBlkPci => "virtio-blk-device",
             DeviceKind::VirtioScsiPci => "virtio-scsi-pci",
             DeviceKind::ScsiHd => "scsi-hd",
+            DeviceKind::PcieRootPort => "pcie-root-port",
+            DeviceKind::Opaque { .. } => "",
         }
     }
 
@@ -67,11 +86,16 @@ pub struct Device {
     pub id: Option<String>,
     /// The model.
     pub kind: DeviceKind,
+    /// The driver name (`virtio-blk-pci`, `qemu-xhci`, …).
+    pub driver: String,
     /// Its QOM path (`/machine/peripheral/ID`,
     /// `/machine/peripheral-anon/device[N]`).
     pub path: String,
-    /// A disk on a SCSI bus: the controller's path.
-    pub bus: Option<String>,
+    /// The name of the bus it sits on (`pci.0`, `pcie.0`, a root port's
+    /// id, `ID.0` of a SCSI controller).
+    pub bus: String,
+    /// A PCI device's slot and function on its bus.
+    pub devfn: Option<(u8, u8)>,
     /// `device_del` asked the guest to release it (ACPI PCI hot-unplug),
     /// and the guest has not.
     pub unplug_pending: bool,
@@ -99,12 +123,27 @@ impl Device {
 /// The owner-name prefix of devices' BlockBackends in the graph.
 pub const BACKEND_PREFIX: &str = "device:";
 
+/// A bus devices plug into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bus {
+    /// Its name (`pci.0`, `pcie.0`, `pci.1`, `scsi0.0`).
+    pub name: String,
+    /// `PCI` or `SCSI`.
+    pub kind: &'static str,
+    /// Devices may be added and removed while the machine exists.
+    pub hotpluggable: bool,
+    /// A PCIe port's bus (one device, in slot 0).
+    pub port: bool,
+}
+
 /// Every device, in creation order, and the machine's buses.
 #[derive(Debug, Clone, Default)]
 pub struct Devices {
     /// The machine type (`None`: QEMU's default, `pc`).
     machine: Option<String>,
     list: Vec<Device>,
+    /// Mock-only: the guest ejects devices it is asked to unplug.
+    guest_unplug: bool,
 }
 
 impl Devices {
@@ -113,9 +152,65 @@ impl Devices {
         self.machine = machine.map(str::to_owned);
     }
 
-    /// Whether the machine has a PCI bus (every type but `none`).
-    pub fn has_pci(&self) -> bool {
-        self.machine.as_deref() != Some("none")
+    /// Mock-only (`--mock-guest-unplug`): the running guest answers PCI
+    /// unplug requests.
+    pub fn set_guest_unplug(&mut self, on: bool) {
+        self.guest_unplug = on;
+    }
+
+    /// Whether the guest answers unplug requests.
+    pub fn guest_unplug(&self) -> bool {
+        self.guest_unplug
+    }
+
+    /// The buses a device provides (a root port's, a controller's).
+    pub fn buses_of(&self, d: &Device) -> Vec<String> {
+        match (d.kind, &d.id) {
+            (DeviceKind::PcieRootPort, Some(id)) => vec![id.clone()],
+            (DeviceKind::VirtioScsiPci, id) => {
+                vec![format!("{}.0", id.as_deref().unwrap_or("scsi"))]
+            }
+            _ => vec![],
+        }
+    }
+
+    /// A device and everything plugged below it, children first (the
+    /// order QEMU unrealizes them in). Each device once, even where ids
+    /// make bus names collide (`x.0` of a controller `x` and a port `x.0`).
+    pub fn subtree(&self, path: &str) -> Vec<Device> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
+        self.collect(path, &mut seen, &mut out);
+        out
+    }
+
+    fn collect(
+        &self,
+        path: &str,
+        seen: &mut std::collections::BTreeSet<String>,
+        out: &mut Vec<Device>,
+    ) {
+        if !seen.insert(path.to_owned()) {
+            return;
+        }
+        let Some(d) = self.list.iter().find(|d| d.path == path) else {
+            return;
+        };
+        for bus in self.buses_of(d) {
+            for child in self.list.iter().filter(|c| c.bus == bus) {
+                self.collect(&child.path, seen, out);
+            }
+        }
+        out.push(d.clone());
+    }
+
+    /// Every device whose unplug the guest was asked for, oldest first.
+    pub fn pending_unplugs(&self) -> Vec<String> {
+        self.list
+            .iter()
+            .filter(|d| d.unplug_pending)
+            .map(|d| d.path.clone())
+            .collect()
     }
 
     /// Whether the machine has vCPUs (every type but `none`).
@@ -151,23 +246,78 @@ impl Devices {
         }
     }
 
-    /// The SCSI bus a new disk plugs into: the named controller's (`bus`
-    /// as `ID.0`), or the first controller's.
-    pub fn scsi_bus(&self, bus: Option<&str>) -> Option<&Device> {
-        let controllers = self
-            .list
-            .iter()
-            .filter(|d| d.kind == DeviceKind::VirtioScsiPci);
-        match bus {
-            None => controllers.into_iter().next(),
-            Some(b) => {
-                let name = b.strip_suffix(".0").unwrap_or(b);
-                self.list
-                    .iter()
-                    .filter(|d| d.kind == DeviceKind::VirtioScsiPci)
-                    .find(|d| d.id.as_deref() == Some(name))
-            }
+    /// The machine's PCI root bus: `pcie.0` (not hot-pluggable) for q35
+    /// types, `pci.0` for the others, none for `none`.
+    pub fn root_bus(&self) -> Option<Bus> {
+        let m = self.machine.as_deref().unwrap_or("pc");
+        if m == "none" {
+            return None;
         }
+        let q35 = m == "q35" || m.starts_with("pc-q35");
+        Some(Bus {
+            name: if q35 { "pcie.0" } else { "pci.0" }.into(),
+            kind: "PCI",
+            hotpluggable: !q35,
+            port: false,
+        })
+    }
+
+    /// The buses devices provide, in creation order.
+    fn device_buses(&self) -> impl Iterator<Item = Bus> + '_ {
+        self.list.iter().filter_map(|d| match (d.kind, &d.id) {
+            (DeviceKind::PcieRootPort, Some(id)) => Some(Bus {
+                name: id.clone(),
+                kind: "PCI",
+                hotpluggable: true,
+                port: true,
+            }),
+            (DeviceKind::VirtioScsiPci, id) => Some(Bus {
+                name: format!("{}.0", id.as_deref().unwrap_or("scsi")),
+                kind: "SCSI",
+                hotpluggable: true,
+                port: false,
+            }),
+            _ => None,
+        })
+    }
+
+    /// A bus by name.
+    pub fn bus(&self, name: &str) -> Option<Bus> {
+        self.root_bus()
+            .into_iter()
+            .chain(self.device_buses())
+            .find(|b| b.name == name)
+    }
+
+    /// The first bus of a type (`PCI`, `SCSI`): where a device without
+    /// `bus` goes.
+    pub fn first_bus(&self, kind: &str) -> Option<Bus> {
+        self.root_bus()
+            .into_iter()
+            .chain(self.device_buses())
+            .find(|b| b.kind == kind)
+    }
+
+    /// The device at a slot and function of a PCI bus, if any.
+    pub fn at(&self, bus: &str, devfn: (u8, u8)) -> Option<&Device> {
+        self.list
+            .iter()
+            .find(|d| d.bus == bus && d.devfn == Some(devfn))
+    }
+
+    /// Whether a slot and function of a root bus is taken by the machine's
+    /// own devices (host bridge; PIIX3 on `pc`, ICH9 functions on q35).
+    pub fn builtin_at(&self, bus: &Bus, devfn: (u8, u8)) -> bool {
+        match bus.name.as_str() {
+            "pci.0" => devfn.0 == 0 || devfn.0 == 1,
+            "pcie.0" => devfn == (0, 0) || (devfn.0 == 0x1f && matches!(devfn.1, 0 | 2 | 3)),
+            _ => false,
+        }
+    }
+
+    /// The lowest slot whose function 0 is free (`PCI_DEVFN_AUTO`).
+    pub fn free_slot(&self, bus: &Bus) -> Option<u8> {
+        (0..32u8).find(|s| !self.builtin_at(bus, (*s, 0)) && self.at(&bus.name, (*s, 0)).is_none())
     }
 
     /// Adds a device.
@@ -197,8 +347,10 @@ mod tests {
         Device {
             id: id.map(str::to_owned),
             kind,
+            driver: kind.driver().to_owned(),
             path: d.path_for(id),
-            bus: None,
+            bus: "pci.0".into(),
+            devfn: None,
             unplug_pending: false,
         }
     }
@@ -217,12 +369,28 @@ mod tests {
     }
 
     #[test]
+    fn colliding_bus_names_do_not_loop() {
+        let mut d = Devices::default();
+        let mut port = dev(Some("x.0"), DeviceKind::PcieRootPort, &d);
+        port.bus = "pci.0".into();
+        d.add(port);
+        // A controller `x` provides `x.0` too, and sits on the port's bus.
+        let mut ctl = dev(Some("x"), DeviceKind::VirtioScsiPci, &d);
+        ctl.bus = "x.0".into();
+        d.add(ctl);
+        let sub = d.subtree("/machine/peripheral/x");
+        assert_eq!(sub.len(), 1);
+        let sub = d.subtree("/machine/peripheral/x.0");
+        assert_eq!(sub.len(), 2);
+    }
+
+    #[test]
     fn qdev_names_the_virtio_backend_of_a_virtio_blk() {
         let d = Devices::default();
         let v = dev(Some("vd0"), DeviceKind::VirtioBlkPci, &d);
         assert_eq!(v.qdev(), "/machine/peripheral/vd0/virtio-backend");
         let s = dev(Some("sd0"), DeviceKind::ScsiHd, &d);
         assert_eq!(s.qdev(), "sd0");
-        assert!(d.has_pci());
+        assert_eq!(d.root_bus().map(|b| b.name), Some("pci.0".to_owned()));
     }
 }

@@ -770,6 +770,17 @@ impl Graph {
         }
     }
 
+    /// Marks a node and its `file` child writable again (a commit job
+    /// reopens a read-only base read-write).
+    pub fn set_writable(&mut self, id: NodeId) {
+        let file = self.child(id, "file");
+        for n in [Some(id), file].into_iter().flatten() {
+            if let Some(node) = self.nodes.get_mut(&n) {
+                node.read_only = false;
+            }
+        }
+    }
+
     /// Puts back a copy taken earlier (a failed transaction), keeping the
     /// generated-name counter where it is, as QEMU does.
     pub fn restore(&mut self, saved: Graph) {

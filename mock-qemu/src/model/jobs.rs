@@ -251,6 +251,9 @@ pub struct Job {
     pub slice_us: u64,
     /// A mirror's `copy-mode` is `write-blocking`.
     pub write_blocking: bool,
+    /// Commit: the base was read-only and the job reopened it read-write;
+    /// it goes back to read-only unless an active commit pivoted onto it.
+    pub base_read_only: bool,
 }
 
 /// An I/O error a job will meet.
@@ -336,6 +339,7 @@ impl Job {
             io_status: "ok",
             slice_us: 0,
             write_blocking: false,
+            base_read_only: false,
         }
     }
 }

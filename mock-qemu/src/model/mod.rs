@@ -41,6 +41,13 @@ pub enum ModelEvent {
     },
     /// `STOP` (system emulator).
     Stop,
+    /// `RESET` (system emulator).
+    Reset {
+        /// Whether the guest asked for it.
+        guest: bool,
+        /// `host-qmp-system-reset`, …
+        reason: &'static str,
+    },
     /// `RESUME` (system emulator).
     Resume,
     /// `JOB_STATUS_CHANGE`.
@@ -882,6 +889,18 @@ impl Machine {
         }
         if let Some(t) = job.owned_target {
             self.graph.free_unused(t);
+        }
+        // A base the commit reopened read-write goes back to read-only,
+        // unless an active commit pivoted its parents onto it (the base
+        // then takes the top's read-write state: mirror_exit_common()).
+        if let (true, Some(base)) = (job.base_read_only, job.base) {
+            let pivoted = job.top == Some(job.node)
+                && job.error.is_none()
+                && !job.cancel_requested
+                && !job.no_pivot;
+            if !pivoted {
+                self.graph.set_read_only(base);
+            }
         }
         // What only the job held goes now (a mirror's source after the
         // pivot, a committed top).
