@@ -123,12 +123,23 @@ ensure_sys_libs() {
   fi
 }
 
+# SeaBIOS for machines with firmware (`-M pc`, scenarios with `# args: -M pc`):
+# the unpacked emulators are launched with `-L /usr/share/seabios`
+# (conformance/src/target.rs). Installing it adds one package, removes nothing.
+ensure_seabios() {
+  [ -f /usr/share/seabios/bios-256k.bin ] && return 0
+  log "installing seabios (bios-256k.bin for -M pc)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends seabios >&2 \
+    || { apt-get update -qq >&2; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends seabios >&2; }
+}
+
 if [ "${1:-}" != "--print" ]; then
   fetch_72
   fetch_52
   fetch_100sys
   ensure_sys_libs "$cache/7.2/usr/bin/qemu-system-x86_64"
   ensure_sys_libs "$cache/10.0/usr/bin/qemu-system-x86_64"
+  ensure_seabios
 fi
 
 echo "QEMU_QSD_10_0=/usr/bin/qemu-storage-daemon"

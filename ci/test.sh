@@ -5,7 +5,9 @@
 # real-QEMU trials switched on: each golden fixture is replayed against
 # mock-qemu (in process and as a binary) and against the real QEMU it was
 # recorded from, the socket tests run against both, and the client checks
-# judge qemu.qmp, the project's own client and a deliberately broken one.
+# judge qemu.qmp, the project's own client and a deliberately broken one;
+# qmp-shell (from qemu.qmp) and go-qemu are driven against the mock binary
+# and real qemu-storage-daemon 10.0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +28,16 @@ if ! "$QMP_VENV/bin/python" -c 'import qemu.qmp' 2>/dev/null; then
     }
     "$QMP_VENV/bin/pip" install --quiet --disable-pip-version-check 'qemu.qmp==0.0.6'
 fi
+
+# libvirt 9.0 (embedded driver), virsh and python3-libvirt for the libvirt
+# end-to-end test (conformance/tests/libvirt.rs); installing them removes nothing.
+bash ci/libvirt/setup.sh
+export QMP_CONFORM_LIBVIRT=1
+
+# DigitalOcean's go-qemu for conformance/tests/go_qemu.rs: Debian's
+# packages (installed when missing), built offline into target/go.
+go_qemu=$(bash ci/go-qemu.sh)
+export "$(grep -E '^GO_QEMU_CLIENT=' <<<"$go_qemu")"
 
 cargo build --workspace --locked
 cargo test --workspace --locked "$@"

@@ -11,6 +11,10 @@
 //!    ([`float_job_events`]): where they fall among replies and requests is
 //!    timing.
 //!
+//! 5. A vCPU's host thread id in `query-cpus-fast` (`{"thread-id": N,
+//!    "props": …}`) becomes 0: it is the emulator's thread, a new one each
+//!    run (the topology's own `thread-id` inside `props` stays).
+//!
 //! Rules for job progress, generated node names and drain pairs come with
 //! the graph and job suites.
 
@@ -27,7 +31,7 @@ impl Normalizer {
     /// Normalizes one received line's text (bytes stay comparable: only
     /// the masked spans change).
     pub fn line(&self, line: &str) -> String {
-        let mut s = mask_timestamps(line);
+        let mut s = mask_vcpu_threads(&mask_timestamps(line));
         for w in &self.workdirs {
             if !w.is_empty() {
                 s = s.replace(w.as_str(), "<workdir>");
@@ -204,6 +208,30 @@ pub fn auto_node_names(lines: &mut [&mut String]) {
     }
 }
 
+/// Replaces a vCPU's host thread id (`{"thread-id": N, "props"`) with 0.
+fn mask_vcpu_threads(line: &str) -> String {
+    const KEY: &str = "{\"thread-id\": ";
+    const NEXT: &str = ", \"props\"";
+    if !line.contains(NEXT) {
+        return line.to_owned();
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(pos) = rest.find(KEY) {
+        out.push_str(&rest[..pos + KEY.len()]);
+        let after = &rest[pos + KEY.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with(NEXT) {
+            out.push('0');
+            rest = &after[digits..];
+        } else {
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Replaces every `"timestamp": {…}` object's contents.
 fn mask_timestamps(line: &str) -> String {
     const KEY: &str = "\"timestamp\": {";
@@ -297,6 +325,17 @@ mod tests {
         auto_node_names(&mut [&mut a, &mut b]);
         assert_eq!(a, r##"{"node-name": "#block~1", "x": "#block~2"}"##);
         assert_eq!(b, r##"["#block~2", "#block", "#block~1x"]"##);
+    }
+
+    #[test]
+    fn vcpu_host_threads_are_masked_topology_stays() {
+        let n = Normalizer::default();
+        assert_eq!(
+            n.line(r#"{"return": [{"thread-id": 15288, "props": {"core-id": 0, "thread-id": 0, "socket-id": 0}, "cpu-index": 0}]}"#),
+            r#"{"return": [{"thread-id": 0, "props": {"core-id": 0, "thread-id": 0, "socket-id": 0}, "cpu-index": 0}]}"#
+        );
+        let other = r#"{"return": {"thread-id": 7, "x": 1}}"#;
+        assert_eq!(n.line(other), other);
     }
 
     #[test]

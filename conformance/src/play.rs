@@ -703,6 +703,7 @@ pub async fn play_with_retries(
     opts: &PlayOptions,
     tries: u32,
 ) -> Result<Played> {
+    target.set_launch(scenario.launch.clone()).await?;
     let mut last = None;
     for _ in 0..tries.max(1) {
         // Boxed: the state of a whole scenario is large, and the caller's stack

@@ -202,11 +202,14 @@ pub async fn record_all(
             ("scenario".into(), s.id.clone()),
             ("description".into(), s.description.clone()),
             ("target".into(), id.describe.clone()),
-            (
-                "recorded-by".into(),
-                "qmp-conform record (never edit by hand; re-record from QEMU)".into(),
-            ),
         ];
+        if !s.launch.args.is_empty() {
+            t.header.push(("args".into(), s.launch.args.join(" ")));
+        }
+        t.header.extend([(
+            "recorded-by".into(),
+            "qmp-conform record (never edit by hand; re-record from QEMU)".into(),
+        )]);
         let path = out_root.join(format!("{}.out", s.id));
         std::fs::create_dir_all(path.parent().unwrap_or(&out_root))?;
         std::fs::write(&path, t.render()).with_context(|| format!("writing {}", path.display()))?;

@@ -144,6 +144,74 @@ pub enum ExpectKind {
     Event(Option<String>),
 }
 
+/// How a scenario's target is launched, beyond its flavor's options
+/// (`# args:` and `# launch-setup:` headers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Launch {
+    /// Words added to the launch options (shell-style quoting: `'…'`,
+    /// `"…"`, `\`); `<workdir>` stands for the work folder. A `-M` or
+    /// `-machine` among them replaces the default `-M none`.
+    pub args: Vec<String>,
+    /// Shell commands run in the work folder before the program starts
+    /// (images the command line opens must exist by then).
+    pub setup: Vec<String>,
+}
+
+/// Splits a header's words as a shell would: whitespace separates, `'…'`
+/// is literal, `"…"` is literal but for `\"` and `\\`, `\` outside
+/// quotes escapes the next character.
+pub fn split_words(text: &str) -> Result<Vec<String>> {
+    let mut words = Vec::new();
+    let mut cur: Option<String> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if let Some(w) = cur.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = cur.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => bail!("unterminated ' in {text}"),
+                    }
+                }
+            }
+            '"' => {
+                let w = cur.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => bail!("unterminated \" in {text}"),
+                        },
+                        Some(c) => w.push(c),
+                        None => bail!("unterminated \" in {text}"),
+                    }
+                }
+            }
+            '\\' => {
+                let next = chars
+                    .next()
+                    .ok_or_else(|| anyhow!("a trailing \\ in {text}"))?;
+                cur.get_or_insert_with(String::new).push(next);
+            }
+            c => cur.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(cur);
+    Ok(words)
+}
+
 /// A parsed scenario file.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -155,6 +223,8 @@ pub struct Scenario {
     pub checks: String,
     /// `qsd`, `system` or `any`.
     pub flavor: String,
+    /// Extra launch options and pre-launch setup (`# args:`, `# launch-setup:`).
+    pub launch: Launch,
     /// The steps.
     pub steps: Vec<Step>,
     /// Where it was read from, for messages (`scenarios/jobs/x.qmp`;
@@ -175,6 +245,7 @@ impl Scenario {
             description: String::new(),
             checks: String::new(),
             flavor: "any".into(),
+            launch: Launch::default(),
             steps: Vec::new(),
             file: default_id.to_owned(),
         };
@@ -195,6 +266,8 @@ impl Scenario {
                         "description" => s.description = v,
                         "checks" => s.checks = v,
                         "flavor" => s.flavor = v,
+                        "args" => s.launch.args.extend(split_words(&v).with_context(ctx)?),
+                        "launch-setup" => s.launch.setup.push(v),
                         _ => {}
                     }
                 }
@@ -550,5 +623,37 @@ mod tests {
         assert!(Scenario::parse("# description: d\n<- not json\n", "x").is_err());
         assert!(Scenario::parse("# description: d\nexpect-statuses j\n", "x").is_err());
         assert!(Scenario::parse("# description: d\nawait-event X timeout=0\n", "x").is_err());
+    }
+
+    #[test]
+    fn launch_headers_split_like_a_shell_and_add_up() {
+        let s = Scenario::parse(
+            "# description: d\n\
+             # flavor: system\n\
+             # launch-setup: qemu-img create -q -f qcow2 a.qcow2 1M\n\
+             # args: -M pc -blockdev '{\"driver\": \"null-co\", \"node-name\": \"n0\"}'\n\
+             # args: -device virtio-blk-pci,drive=n0,id=vd0 \"a b\" c\\ d\n\
+             -> {\"execute\": \"qmp_capabilities\"}\n",
+            "devices/x",
+        )
+        .unwrap();
+        assert_eq!(
+            s.launch.args,
+            [
+                "-M",
+                "pc",
+                "-blockdev",
+                r#"{"driver": "null-co", "node-name": "n0"}"#,
+                "-device",
+                "virtio-blk-pci,drive=n0,id=vd0",
+                "a b",
+                "c d"
+            ]
+        );
+        assert_eq!(s.launch.setup, ["qemu-img create -q -f qcow2 a.qcow2 1M"]);
+        assert!(split_words("'open").is_err());
+        assert!(split_words("\"open").is_err());
+        assert_eq!(split_words("  ").unwrap(), Vec::<String>::new());
+        assert_eq!(split_words("''").unwrap(), [""]);
     }
 }

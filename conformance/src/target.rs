@@ -19,6 +19,8 @@ use mock_qemu::profile::{Flavor, Profile, Version};
 use mock_qemu::server::MockQemu;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::scenario::Launch;
+
 /// A bidirectional byte stream.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
@@ -39,6 +41,10 @@ pub trait Target: Send {
     fn workdir(&self) -> Option<&Path>;
     /// A one-line description for reports.
     fn describe(&self) -> String;
+    /// Launches with a scenario's options from now on: a target running
+    /// with other options starts over with these (a fresh work folder, the
+    /// setup commands, the command line).
+    fn set_launch(&mut self, launch: Launch) -> BoxFuture<'_, Result<()>>;
 }
 
 /// Options every launched program gets before its monitor options, per
@@ -62,6 +68,46 @@ pub fn launch_args(flavor: Flavor) -> Vec<String> {
     }
 }
 
+/// [`launch_args`] with a scenario's own options: its words after the
+/// flavor's (`<workdir>` replaced by `dir`), a machine type of its own
+/// replacing the default `-M none`.
+pub fn launch_args_with(flavor: Flavor, launch: &Launch, dir: &Path) -> Vec<String> {
+    let mut args = launch_args(flavor);
+    let own_machine = launch
+        .args
+        .iter()
+        .any(|a| matches!(a.as_str(), "-M" | "-machine" | "--machine"));
+    if own_machine {
+        if let Some(i) = args.iter().position(|a| a == "-M") {
+            args.drain(i..i + 2);
+        }
+    }
+    let dir = dir.display().to_string();
+    args.extend(launch.args.iter().map(|a| a.replace("<workdir>", &dir)));
+    args
+}
+
+/// Runs a scenario's setup commands in the work folder, before launching.
+fn run_launch_setup(launch: &Launch, dir: &Path) -> Result<()> {
+    for cmd in &launch.setup {
+        let cmd = cmd.replace("<workdir>", &dir.display().to_string());
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .current_dir(dir)
+            .output()
+            .with_context(|| format!("launch-setup: {cmd}"))?;
+        if !out.status.success() {
+            bail!(
+                "launch-setup failed ({}): {cmd}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A fresh private work folder (every case starts with an empty one).
 fn work_folder() -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
@@ -71,19 +117,44 @@ fn work_folder() -> Result<tempfile::TempDir> {
 }
 
 /// A mock with the real host side (image files, sockets), as the binary
-/// has; relative file names resolve in `dir`, as a launched target's do in
-/// its working directory.
-fn real_mock(profile: &Arc<Profile>, config: &CoreConfig, dir: &Path) -> MockQemu {
-    let mut core = Core::new(Arc::clone(profile), config);
+/// has, configured by the command line a launched program gets (`launch`'s
+/// setup commands run first); relative file names resolve in `dir`, as a
+/// launched target's do in its working directory.
+fn real_mock(profile: &Arc<Profile>, launch: &Launch, dir: &Path) -> Result<MockQemu> {
+    run_launch_setup(launch, dir)?;
+    let flavor = profile.flavor();
+    let argv0 = match flavor {
+        Flavor::Qsd => "qemu-storage-daemon",
+        Flavor::System => "qemu-system-x86_64",
+    };
+    let cmdline =
+        mock_qemu::cmdline::parse(argv0, &launch_args_with(flavor, launch, dir), |_| None)?;
+    // The monitor a launched target has (`-qmp unix:WORKDIR/qmp.sock`,
+    // see `Process::start`), so `query-chardev` answers alike.
+    let chardevs = vec![mock_qemu::model::vm::Chardev {
+        label: match flavor {
+            Flavor::System => "compat_monitor0".into(),
+            Flavor::Qsd => "mon0".into(),
+        },
+        filename: format!("unix:{},server=on", dir.join("qmp.sock").display()),
+    }];
+    let config = CoreConfig {
+        start_paused: cmdline.start_paused,
+        chardevs,
+        ..CoreConfig::default()
+    };
+    let mut core = Core::new(Arc::clone(profile), &config);
     core.set_host_io(Box::new(mock_qemu::host::RealHostIo::in_dir(dir)));
-    MockQemu::new(core)
+    core.run_cmdline(&cmdline)
+        .map_err(|e| anyhow::anyhow!("{argv0}: {e}"))?;
+    Ok(MockQemu::new(core))
 }
 
 /// mock-qemu in this process.
 #[derive(Debug)]
 pub struct InProcess {
     profile: Arc<Profile>,
-    config: CoreConfig,
+    launch: Launch,
     mock: MockQemu,
     /// Work folder for setup steps and the images a scenario names.
     dir: tempfile::TempDir,
@@ -94,20 +165,12 @@ impl InProcess {
     /// [`launch_args`] gives a launched program.
     pub fn new(version: Version, flavor: Flavor) -> Result<Self> {
         let profile = Profile::get(version, flavor)?;
-        let argv0 = match flavor {
-            Flavor::Qsd => "qemu-storage-daemon",
-            Flavor::System => "qemu-system-x86_64",
-        };
-        let cmdline = mock_qemu::cmdline::parse(argv0, &launch_args(flavor), |_| None)?;
-        let config = CoreConfig {
-            start_paused: cmdline.start_paused,
-            ..CoreConfig::default()
-        };
+        let launch = Launch::default();
         let dir = work_folder()?;
-        let mock = real_mock(&profile, &config, dir.path());
+        let mock = real_mock(&profile, &launch, dir.path())?;
         Ok(InProcess {
             profile,
-            config,
+            launch,
             mock,
             dir,
         })
@@ -127,7 +190,7 @@ impl Target for InProcess {
         Box::pin(async move {
             self.mock.shutdown();
             self.dir = work_folder()?;
-            self.mock = real_mock(&self.profile, &self.config, self.dir.path());
+            self.mock = real_mock(&self.profile, &self.launch, self.dir.path())?;
             Ok(())
         })
     }
@@ -137,6 +200,15 @@ impl Target for InProcess {
     fn describe(&self) -> String {
         format!("mock-qemu (in process, {})", self.profile.label())
     }
+    fn set_launch(&mut self, launch: Launch) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if launch == self.launch {
+                return Ok(());
+            }
+            self.launch = launch;
+            self.restart().await
+        })
+    }
 }
 
 /// How to launch a program that serves QMP on a unix socket.
@@ -144,7 +216,8 @@ impl Target for InProcess {
 pub struct LaunchSpec {
     /// The program.
     pub program: PathBuf,
-    /// Arguments before the monitor arguments.
+    /// The program's own arguments, before the launch options
+    /// ([`launch_args_with`]) and the monitor arguments.
     pub args: Vec<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
@@ -163,6 +236,7 @@ impl LaunchSpec {
         // The program runs in its work folder: resolve a relative path first.
         let program = &absolute(program);
         let mut env = Vec::new();
+        let mut args = Vec::new();
         if let Some(root) = program
             .parent()
             .and_then(Path::parent)
@@ -175,11 +249,21 @@ impl LaunchSpec {
                     "QEMU_MODULE_DIR".into(),
                     lib.join("qemu").display().to_string(),
                 ));
+                // Firmware for machines other than `none` (`-M pc`: SeaBIOS
+                // from Debian's seabios package, option ROMs from the tree).
+                if flavor == Flavor::System {
+                    for dir in [root.join("usr/share/qemu"), "/usr/share/seabios".into()] {
+                        if dir.is_dir() {
+                            args.push("-L".into());
+                            args.push(dir.display().to_string());
+                        }
+                    }
+                }
             }
         }
         LaunchSpec {
             program: program.to_owned(),
-            args: launch_args(flavor),
+            args,
             env,
             flavor,
             settle: Duration::from_millis(50),
@@ -191,16 +275,12 @@ impl LaunchSpec {
         let program = &absolute(program);
         LaunchSpec {
             program: program.to_owned(),
-            args: [
-                vec![
-                    "--profile".into(),
-                    version.name().into(),
-                    "--flavor".into(),
-                    flavor.name().into(),
-                ],
-                launch_args(flavor),
-            ]
-            .concat(),
+            args: vec![
+                "--profile".into(),
+                version.name().into(),
+                "--flavor".into(),
+                flavor.name().into(),
+            ],
             env: vec![],
             flavor,
             settle: Duration::ZERO,
@@ -216,6 +296,7 @@ fn absolute(p: &Path) -> PathBuf {
 #[derive(Debug)]
 pub struct Process {
     spec: LaunchSpec,
+    launch: Launch,
     dir: tempfile::TempDir,
     sock: PathBuf,
     child: Option<tokio::process::Child>,
@@ -228,6 +309,7 @@ impl Process {
         let sock = dir.path().join("qmp.sock");
         let mut p = Process {
             spec,
+            launch: Launch::default(),
             dir,
             sock,
             child: None,
@@ -239,7 +321,13 @@ impl Process {
     async fn start(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(&self.sock);
         let s = self.sock.display().to_string();
+        run_launch_setup(&self.launch, self.dir.path())?;
         let mut args = self.spec.args.clone();
+        args.extend(launch_args_with(
+            self.spec.flavor,
+            &self.launch,
+            self.dir.path(),
+        ));
         match self.spec.flavor {
             Flavor::Qsd => {
                 args.push("--chardev".into());
@@ -292,6 +380,11 @@ impl Process {
         Ok(())
     }
 
+    /// The monitor's unix socket, for clients that connect by path.
+    pub fn socket_path(&self) -> &Path {
+        &self.sock
+    }
+
     /// Stops the program (SIGKILL) and waits for it.
     pub async fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -314,8 +407,23 @@ impl Target for Process {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     Err(e) => {
+                        // A program that exited (a refused command line)
+                        // says why on stderr.
+                        if let Some(status) = self
+                            .child
+                            .as_mut()
+                            .and_then(|c| c.try_wait().ok().flatten())
+                        {
+                            let err = std::fs::read_to_string(self.dir.path().join("stderr.log"))
+                                .unwrap_or_default();
+                            bail!(
+                                "{} exited with {status}: {}",
+                                self.spec.program.display(),
+                                err.trim()
+                            );
+                        }
                         return Err(e)
-                            .with_context(|| format!("connecting to {}", self.sock.display()))
+                            .with_context(|| format!("connecting to {}", self.sock.display()));
                     }
                 }
             }
@@ -335,6 +443,15 @@ impl Target for Process {
     }
     fn describe(&self) -> String {
         format!("{} ({})", self.spec.program.display(), self.spec.flavor)
+    }
+    fn set_launch(&mut self, launch: Launch) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if launch == self.launch {
+                return Ok(());
+            }
+            self.launch = launch;
+            self.restart().await
+        })
     }
 }
 
@@ -376,5 +493,39 @@ impl Target for Socket {
             Socket::Unix(p) => format!("unix:{}", p.display()),
             Socket::Tcp(a) => format!("tcp:{a}"),
         }
+    }
+    fn set_launch(&mut self, launch: Launch) -> BoxFuture<'_, Result<()>> {
+        // A running server was launched by someone else.
+        Box::pin(async move {
+            if launch != Launch::default() {
+                bail!("the scenario needs its own launch options (# args / # launch-setup); a running server cannot take them");
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scenario_machine_replaces_the_default_and_workdir_is_filled_in() {
+        let dir = Path::new("/w");
+        let plain = launch_args_with(Flavor::System, &Launch::default(), dir);
+        assert_eq!(plain, launch_args(Flavor::System));
+        let launch = Launch {
+            args: ["-M", "pc", "-blockdev", "<workdir>/a.qcow2"]
+                .map(String::from)
+                .to_vec(),
+            setup: vec![],
+        };
+        let args = launch_args_with(Flavor::System, &launch, dir);
+        assert!(!args.windows(2).any(|w| w[0] == "-M" && w[1] == "none"));
+        assert_eq!(args.iter().filter(|a| *a == "-M").count(), 1);
+        assert_eq!(args.last().map(String::as_str), Some("/w/a.qcow2"));
+        assert!(args.contains(&"-S".to_owned()));
+        let qsd = launch_args_with(Flavor::Qsd, &Launch::default(), dir);
+        assert!(qsd.is_empty());
     }
 }

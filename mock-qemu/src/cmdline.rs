@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 
 use crate::profile::{Flavor, ProfileError, Version};
+use crate::qmp::qobject::{QDict, QObject};
 
 /// How a monitor is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,9 @@ pub struct Monitor {
     pub endpoint: Endpoint,
     /// `pretty=on` (accepted; output stays compact).
     pub pretty: bool,
+    /// The chardev's id (`-chardev id=…`; QEMU names the one `-qmp`
+    /// creates `compat_monitorN`), as `query-chardev` shows it.
+    pub label: String,
 }
 
 /// Everything the command line decided.
@@ -57,6 +61,10 @@ pub struct Config {
     pub max_clients: usize,
     /// Stepped job mode and its throughput (`--mock-jobs stepped[:BYTES_PER_S]`).
     pub stepped_jobs: Option<u64>,
+    /// `--mock-guest-unplug` (`MOCK_QEMU_GUEST_UNPLUG=1`): the simulated
+    /// guest ejects PCI devices `device_del` asks it to, while it runs (a
+    /// simulator extension; QEMU's paused or OS-less guest never does).
+    pub guest_unplug: bool,
     /// Strict mode (`--mock-strict`, `MOCK_QEMU_STRICT=1`): refuse uses of
     /// images a commit invalidated (a simulator extension; QEMU accepts them).
     pub strict: bool,
@@ -77,6 +85,15 @@ pub struct Config {
     /// `-object` / `--object` values, in order (created before the
     /// block devices, as QEMU creates its early backends first).
     pub objects: Vec<String>,
+    /// `-device` values (`DRIVER,key=value…` or JSON), in order (created
+    /// after the block devices, as QEMU does).
+    pub devices: Vec<String>,
+    /// The machine type of `-M`/`-machine` (`none`, `pc`, `q35`,
+    /// `pc-i440fx-7.2`, …; `None`: the default, `pc`).
+    pub machine: Option<String>,
+    /// Accelerators to try, in order (`-accel`, `-machine accel=a:b`,
+    /// `-enable-kvm`); empty: QEMU's default, `tcg`.
+    pub accel: Vec<String>,
 }
 
 /// A command line QEMU would refuse.
@@ -102,9 +119,6 @@ impl From<ProfileError> for CmdlineError {
 
 /// System-emulator options taking a value that the mock accepts and ignores.
 pub const IGNORED_WITH_ARG: &[&str] = &[
-    "machine",
-    "M",
-    "accel",
     "display",
     "m",
     "smp",
@@ -116,7 +130,6 @@ pub const IGNORED_WITH_ARG: &[&str] = &[
     "msg",
     "sandbox",
     "overcommit",
-    "device",
     "drive",
     "netdev",
     "nic",
@@ -163,7 +176,6 @@ pub const IGNORED_FLAGS: &[&str] = &[
     "nographic",
     "no-shutdown",
     "no-reboot",
-    "enable-kvm",
     "no-hpet",
     "no-acpi",
     "usb",
@@ -286,6 +298,58 @@ fn qmp_endpoint(spec: &str) -> Result<Endpoint, CmdlineError> {
     }
 }
 
+/// A `-blockdev` value: QEMU's JSON form (`{"driver": …}`). The dotted
+/// key=value form needs the schema's type conversions and is not supported.
+pub fn blockdev_args(spec: &str) -> Result<QDict, String> {
+    if !spec.trim_start().starts_with('{') {
+        return Err("mock-qemu supports only the JSON form of -blockdev ({\"driver\": …})".into());
+    }
+    json_dict(spec)
+}
+
+/// `-object`: the JSON form, or `TYPE,id=ID,key=value…` (values stay
+/// strings, so only string-typed properties pass the schema check).
+pub fn object_args(spec: &str) -> Result<QDict, String> {
+    if spec.trim_start().starts_with('{') {
+        return json_dict(spec);
+    }
+    let mut d = QDict::new();
+    for (i, part) in spec.split(',').enumerate() {
+        match part.split_once('=') {
+            Some((k, v)) => d.put(k, v),
+            None if i == 0 => d.put("qom-type", part),
+            None => return Err(format!("Invalid parameter '{part}'")),
+        }
+    }
+    Ok(d)
+}
+
+/// `-device`: the JSON form, or `DRIVER,key=value…` (QemuOpts: `,,` is a
+/// comma; values stay strings, as device properties parse them).
+pub fn device_args(spec: &str) -> Result<QDict, String> {
+    if spec.trim_start().starts_with('{') {
+        return json_dict(spec);
+    }
+    let mut d = QDict::new();
+    for (k, v) in parse_opts(spec, "driver") {
+        d.put(&k, v.as_str());
+    }
+    Ok(d)
+}
+
+fn json_dict(spec: &str) -> Result<QDict, String> {
+    use crate::qmp::json::{JsonStreamer, Parsed};
+    let mut items = Vec::new();
+    let mut s = JsonStreamer::new();
+    s.feed(spec.as_bytes(), &mut items);
+    s.finish(&mut items);
+    match items.into_iter().next() {
+        Some(Parsed::Value(QObject::Dict(d))) => Ok(d),
+        Some(Parsed::Error(e)) => Err(e.to_string()),
+        _ => Err("expected a JSON object".into()),
+    }
+}
+
 /// The program name QEMU would print in messages (`argv[0]`'s base name).
 pub fn program_name(argv0: &str) -> String {
     std::path::Path::new(argv0)
@@ -356,6 +420,9 @@ pub fn parse(
     if env("MOCK_QEMU_STRICT").is_some_and(|v| v == "1") {
         cfg.strict = true;
     }
+    if env("MOCK_QEMU_GUEST_UNPLUG").is_some_and(|v| v == "1") {
+        cfg.guest_unplug = true;
+    }
     if let Some(n) = env("MOCK_QEMU_MAX_CLIENTS") {
         cfg.max_clients = n.parse().map_err(|_| {
             CmdlineError::Invalid(format!("MOCK_QEMU_MAX_CLIENTS: '{n}' is not a number"))
@@ -367,6 +434,7 @@ pub fn parse(
 
     let mut chardevs: Vec<Chardev> = Vec::new();
     let mut monitor_refs: Vec<(String, bool)> = Vec::new();
+    let mut compat_monitors = 0;
     let mut i = 0;
     while i < args.len() {
         let raw = &args[i];
@@ -404,6 +472,7 @@ pub fn parse(
                 cfg.stepped_jobs = parse_job_mode(&v, &mut cfg)?;
             }
             "mock-strict" => cfg.strict = true,
+            "mock-guest-unplug" => cfg.guest_unplug = true,
             "mock-fault" => {
                 let v = value(name)?;
                 cfg.faults.push(v);
@@ -429,6 +498,7 @@ pub fn parse(
                 if name == "monitor" && !double_dash {
                     // -monitor (system emulator) is the HMP monitor: accepted, not served.
                     cfg.ignored.push(format!("-monitor {}", value(name)?));
+                    compat_monitors += 1;
                     continue;
                 }
                 if name == "monitor" {
@@ -456,7 +526,9 @@ pub fn parse(
                 cfg.monitors.push(Monitor {
                     endpoint: ep,
                     pretty: name == "qmp-pretty",
+                    label: format!("compat_monitor{compat_monitors}"),
                 });
+                compat_monitors += 1;
             }
             "pidfile" => cfg.pidfile = Some(PathBuf::from(value(name)?)),
             "daemonize" => cfg.daemonize = true,
@@ -477,6 +549,38 @@ pub fn parse(
             "object" => {
                 let v = value(name)?;
                 cfg.objects.push(v);
+            }
+            "device" => {
+                system_hint = true;
+                let v = value(name)?;
+                cfg.devices.push(v);
+            }
+            "machine" | "M" => {
+                system_hint = true;
+                let v = value(name)?;
+                // `TYPE,key=value…` or `type=TYPE,…`; options merge, the
+                // last type given wins. Other keys (accel, usb, …) are
+                // accepted and ignored.
+                let opts = parse_opts(&v, "type");
+                if let Some(t) = get(&opts, "type") {
+                    cfg.machine = Some(t.to_owned());
+                }
+                if let Some(a) = get(&opts, "accel") {
+                    cfg.accel.extend(a.split(':').map(str::to_owned));
+                }
+                cfg.ignored.push(format!("-{name} {v}"));
+            }
+            "accel" => {
+                system_hint = true;
+                let v = value(name)?;
+                let opts = parse_opts(&v, "accel");
+                if let Some(a) = get(&opts, "accel") {
+                    cfg.accel.push(a.to_owned());
+                }
+            }
+            "enable-kvm" => {
+                system_hint = true;
+                cfg.accel.push("kvm".into());
             }
             n if IGNORED_WITH_ARG.contains(&n) => {
                 if !double_dash {
@@ -504,7 +608,11 @@ pub fn parse(
             .find(|c| c.id == cd)
             .ok_or_else(|| CmdlineError::Invalid(format!("chardev \"{cd}\" not found")))?;
         let endpoint = ch.endpoint.clone().map_err(CmdlineError::Invalid)?;
-        cfg.monitors.push(Monitor { endpoint, pretty });
+        cfg.monitors.push(Monitor {
+            endpoint,
+            pretty,
+            label: cd,
+        });
     }
     cfg.flavor = flavor.unwrap_or(if qsd_hint || !system_hint {
         Flavor::Qsd
@@ -537,7 +645,8 @@ mod tests {
             c.monitors,
             vec![Monitor {
                 endpoint: Endpoint::Unix("/tmp/q.sock".into()),
-                pretty: false
+                pretty: false,
+                label: "c".into(),
             }]
         );
     }
@@ -606,6 +715,16 @@ mod tests {
     }
 
     #[test]
+    fn accelerators_in_the_order_given() {
+        let c = p(&["-machine", "none,accel=kvm:tcg", "-S"]).unwrap();
+        assert_eq!(c.accel, ["kvm", "tcg"]);
+        let c = p(&["-accel", "tcg", "-enable-kvm"]).unwrap();
+        assert_eq!(c.accel, ["tcg", "kvm"]);
+        assert!(!crate::sys::kvm_accelerated(&c.accel), "tcg comes first");
+        assert!(!crate::sys::kvm_accelerated(&[]), "QEMU's default is tcg");
+    }
+
+    #[test]
     fn profile_from_option_and_environment() {
         let c = p(&["--profile", "qemu-7.2"]).unwrap();
         assert_eq!(c.version, Version::V7_2);
@@ -625,5 +744,33 @@ mod tests {
         assert_eq!(get(&o, "path"), Some("/a,b"));
         assert_eq!(get(&o, "server"), Some("on"));
         assert_eq!(get(&o, "wait"), Some("off"));
+    }
+
+    #[test]
+    fn devices_and_the_machine_type_are_kept_for_start_up() {
+        let c = p(&[
+            "-machine",
+            "pc-q35-7.2,usb=off,dump-guest-core=off",
+            "-device",
+            r#"{"driver": "pcie-root-port", "id": "pci.1", "chassis": 1}"#,
+            "-device",
+            "virtio-blk-pci,drive=n0,id=vd0,serial=a,,b",
+        ])
+        .unwrap();
+        assert_eq!(c.flavor, Flavor::System);
+        assert_eq!(c.machine.as_deref(), Some("pc-q35-7.2"));
+        assert_eq!(c.devices.len(), 2);
+        let json = device_args(&c.devices[0]).unwrap();
+        assert_eq!(json.get("chassis").map(|v| v.kind()), Some("number"));
+        let kv = device_args(&c.devices[1]).unwrap();
+        assert_eq!(
+            kv.get("driver").and_then(QObject::as_str),
+            Some("virtio-blk-pci")
+        );
+        assert_eq!(kv.get("serial").and_then(QObject::as_str), Some("a,b"));
+        let c = p(&["-M", "none", "-machine", "type=pc"]).unwrap();
+        assert_eq!(c.machine.as_deref(), Some("pc"));
+        assert!(device_args("{").is_err());
+        assert!(blockdev_args("driver=null-co").is_err());
     }
 }

@@ -47,6 +47,10 @@ pub struct CoreConfig {
     /// Strict mode: images a commit invalidated may not be used again
     /// (a simulator extension, off by default and for conformance runs).
     pub strict: bool,
+    /// The monitors' character devices (`query-chardev`).
+    pub chardevs: Vec<crate::model::vm::Chardev>,
+    /// KVM is in use (`query-kvm`; [`crate::sys::kvm_accelerated`]).
+    pub kvm: bool,
 }
 
 impl Default for CoreConfig {
@@ -56,6 +60,8 @@ impl Default for CoreConfig {
             start_paused: false,
             stepped_jobs: None,
             strict: false,
+            chardevs: Vec::new(),
+            kvm: false,
         }
     }
 }
@@ -95,6 +101,8 @@ impl Core {
         let mut machine = Machine::new(config.epoch, config.start_paused);
         machine.set_stepped(config.stepped_jobs);
         machine.set_strict(config.strict);
+        machine.vm_mut().chardevs = config.chardevs.clone();
+        machine.vm_mut().kvm = config.kvm;
         Core {
             profile,
             machine,
@@ -196,6 +204,51 @@ impl Core {
         cmd::execute(&mut ctx, command, args_json).map(|_| ())
     }
 
+    /// Applies what a command line creates at start-up, in QEMU's order:
+    /// the machine type, `-object`s, `-blockdev`s, then `-device`s. The
+    /// error is QEMU's start-up message (`-device X: …`).
+    pub fn run_cmdline(&mut self, cfg: &crate::cmdline::Config) -> Result<(), String> {
+        use crate::cmdline::{blockdev_args, device_args, object_args};
+        self.machine
+            .devices_mut()
+            .set_machine_type(cfg.machine.as_deref());
+        self.machine
+            .devices_mut()
+            .set_guest_unplug(cfg.guest_unplug);
+        let dash = if cfg.flavor == crate::profile::Flavor::Qsd {
+            "--"
+        } else {
+            "-"
+        };
+        type ArgParser = fn(&str) -> Result<QDict, String>;
+        let startup: [(&str, &[String], ArgParser, &str); 2] = [
+            ("object", &cfg.objects, object_args, "object-add"),
+            ("blockdev", &cfg.blockdevs, blockdev_args, "blockdev-add"),
+        ];
+        for (opt, specs, parse, command) in startup {
+            for spec in specs {
+                let args = parse(spec).map_err(|e| format!("{dash}{opt} {spec}: {e}"))?;
+                self.startup_command(command, args)
+                    .map_err(|e| format!("{dash}{opt} {spec}: {}", e.desc))?;
+            }
+        }
+        for spec in &cfg.devices {
+            let args = device_args(spec).map_err(|e| format!("-device {spec}: {e}"))?;
+            let mut ctx = cmd::Context {
+                sid: 0,
+                profile: &self.profile,
+                machine: &mut self.machine,
+                sessions: &mut self.sessions,
+                host: self.host.as_mut(),
+                cache: &mut self.cache,
+            };
+            let json = spec.trim_start().starts_with('{');
+            cmd::device_add_cmdline(&mut ctx, args, json)
+                .map_err(|e| format!("-device {spec}: {}", e.desc))?;
+        }
+        Ok(())
+    }
+
     /// The impersonated profile.
     pub fn profile(&self) -> &Arc<Profile> {
         &self.profile
@@ -263,16 +316,39 @@ impl Core {
         }
     }
 
-    /// Writes the files jobs changed (image headers).
+    /// Writes the files the model changed (image headers, persistent
+    /// bitmaps); the nodes opened on a file whose size changed see it.
     fn apply_effects(&mut self) {
+        use crate::model::Effect;
+        let mut touched = std::collections::BTreeSet::new();
         for effect in self.machine.take_effects() {
-            match effect {
-                crate::model::Effect::SetBacking { filename, backing } => {
+            let (filename, result) = match effect {
+                Effect::SetBacking { filename, backing } => {
                     let b = backing.as_ref().map(|(n, f)| (n.as_str(), f.as_str()));
-                    if let Err(e) = self.host.set_qcow2_backing(&filename, b) {
-                        eprintln!("mock-qemu: {e}");
-                    }
+                    let r = self.host.set_qcow2_backing(&filename, b);
+                    (filename, r)
                 }
+                Effect::StoreBitmaps { filename, bitmaps } => {
+                    let r = self.host.store_qcow2_bitmaps(&filename, &bitmaps);
+                    (filename, r)
+                }
+                Effect::MarkBitmapsInUse { filename } => {
+                    let r = self.host.mark_qcow2_bitmaps_in_use(&filename);
+                    (filename, r)
+                }
+                Effect::RemoveBitmap { filename, name } => {
+                    let r = self.host.remove_qcow2_bitmap(&filename, &name);
+                    (filename, r)
+                }
+            };
+            if let Err(e) = result {
+                eprintln!("mock-qemu: {e}");
+            }
+            touched.insert(filename);
+        }
+        for filename in touched {
+            if let Ok(facts) = self.host.open_file(&filename) {
+                self.machine.graph_mut().refresh_file(&facts);
             }
         }
     }
@@ -283,6 +359,7 @@ impl Core {
         let mut d = Delivery::default();
         let system = self.profile.flavor() == crate::profile::Flavor::System;
         self.machine.request_quit(system, signal_reason);
+        self.apply_effects();
         let (now, after) = self.drain_events();
         d.events = now;
         d.after = after;

@@ -8,7 +8,7 @@ use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 
 use crate::image::{self, ImageError};
-use crate::model::graph::{FileFacts, Qcow2Facts};
+use crate::model::graph::{FileFacts, PersistBitmap, Qcow2Facts};
 use crate::nbd;
 
 /// Where the NBD server listens.
@@ -73,6 +73,23 @@ pub trait HostIo: Debug + Send {
     /// Marks every cluster of a qcow2 image as reading zero (what a full
     /// backup of unallocated data writes). Without a real disk: nothing.
     fn qcow2_mark_zero(&mut self, _filename: &str) -> Result<(), ImageError> {
+        Ok(())
+    }
+    /// Stores persistent bitmaps in a qcow2 image as its node closes.
+    /// Without a real disk: nothing.
+    fn store_qcow2_bitmaps(
+        &mut self,
+        _filename: &str,
+        _bitmaps: &[PersistBitmap],
+    ) -> Result<(), ImageError> {
+        Ok(())
+    }
+    /// Marks the bitmaps stored in a qcow2 image in use (a writable open).
+    fn mark_qcow2_bitmaps_in_use(&mut self, _filename: &str) -> Result<(), ImageError> {
+        Ok(())
+    }
+    /// Removes a persistent bitmap from a qcow2 image.
+    fn remove_qcow2_bitmap(&mut self, _filename: &str, _name: &str) -> Result<(), ImageError> {
         Ok(())
     }
     /// Creates (or truncates) a plain file (`blockdev-create` of `file`).
@@ -220,6 +237,19 @@ impl HostIo for RealHostIo {
     }
     fn qcow2_mark_zero(&mut self, filename: &str) -> Result<(), ImageError> {
         image::qcow2_mark_zero(&self.path(filename)).map_err(|e| as_given(e, filename))
+    }
+    fn store_qcow2_bitmaps(
+        &mut self,
+        filename: &str,
+        bitmaps: &[PersistBitmap],
+    ) -> Result<(), ImageError> {
+        image::store_qcow2_bitmaps(&self.path(filename), bitmaps).map_err(|e| as_given(e, filename))
+    }
+    fn mark_qcow2_bitmaps_in_use(&mut self, filename: &str) -> Result<(), ImageError> {
+        image::mark_qcow2_bitmaps_in_use(&self.path(filename)).map_err(|e| as_given(e, filename))
+    }
+    fn remove_qcow2_bitmap(&mut self, filename: &str, name: &str) -> Result<(), ImageError> {
+        image::remove_qcow2_bitmap(&self.path(filename), name).map_err(|e| as_given(e, filename))
     }
     fn qcow2_allocation(&mut self, filename: &str) -> Result<(u64, Option<u64>), ImageError> {
         image::qcow2_allocation(&self.path(filename)).map_err(|e| as_given(e, filename))

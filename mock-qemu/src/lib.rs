@@ -20,5 +20,6 @@ pub mod model;
 pub mod nbd;
 pub mod profile;
 pub mod qmp;
+pub mod replies;
 pub mod server;
 pub mod sys;

@@ -7,6 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use mock_qemu::cmdline::{self, Config, Endpoint};
 use mock_qemu::core::{Core, CoreConfig};
 use mock_qemu::model::clock::VirtualTime;
+use mock_qemu::model::vm::Chardev;
 use mock_qemu::profile::{Flavor, Profile};
 use mock_qemu::server::{Listener, MockQemu};
 use mock_qemu::sys;
@@ -35,6 +36,26 @@ fn main() {
 enum Bound {
     Unix(std::os::unix::net::UnixListener, Option<PathBuf>),
     Tcp(std::net::TcpListener),
+}
+
+impl Bound {
+    /// QEMU's chardev filename of a listening socket (`query-chardev`).
+    fn describe(&self) -> String {
+        match self {
+            Bound::Unix(l, path) => {
+                let p = path.clone().or_else(|| {
+                    l.local_addr()
+                        .ok()
+                        .and_then(|a| a.as_pathname().map(PathBuf::from))
+                });
+                format!("unix:{},server=on", p.unwrap_or_default().display())
+            }
+            Bound::Tcp(l) => match l.local_addr() {
+                Ok(a) => format!("tcp:{}:{},server=on", a.ip(), a.port()),
+                Err(_) => "tcp:,server=on".into(),
+            },
+        }
+    }
 }
 
 fn bind(ep: &Endpoint) -> Result<Bound> {
@@ -72,46 +93,6 @@ fn bind(ep: &Endpoint) -> Result<Bound> {
             sys::Inherited::Tcp(l) => Bound::Tcp(l),
         },
     })
-}
-
-/// A `-blockdev` value: QEMU's JSON form (`{"driver": …}`). The dotted
-/// key=value form needs the schema's type conversions and is not supported.
-fn blockdev_args(spec: &str) -> Result<mock_qemu::qmp::qobject::QDict> {
-    if !spec.trim_start().starts_with('{') {
-        bail!("mock-qemu supports only the JSON form of -blockdev ({{\"driver\": …}})");
-    }
-    json_dict(spec)
-}
-
-/// `-object`: the JSON form, or `TYPE,id=ID,key=value…` (values stay
-/// strings, so only string-typed properties pass the schema check).
-fn object_args(spec: &str) -> Result<mock_qemu::qmp::qobject::QDict> {
-    if spec.trim_start().starts_with('{') {
-        return json_dict(spec);
-    }
-    let mut d = mock_qemu::qmp::qobject::QDict::new();
-    for (i, part) in spec.split(',').enumerate() {
-        match part.split_once('=') {
-            Some((k, v)) => d.put(k, v),
-            None if i == 0 => d.put("qom-type", part),
-            None => bail!("Invalid parameter '{part}'"),
-        }
-    }
-    Ok(d)
-}
-
-fn json_dict(spec: &str) -> Result<mock_qemu::qmp::qobject::QDict> {
-    use mock_qemu::qmp::json::{JsonStreamer, Parsed};
-    use mock_qemu::qmp::qobject::QObject;
-    let mut items = Vec::new();
-    let mut s = JsonStreamer::new();
-    s.feed(spec.as_bytes(), &mut items);
-    s.finish(&mut items);
-    match items.into_iter().next() {
-        Some(Parsed::Value(QObject::Dict(d))) => Ok(d),
-        Some(Parsed::Error(e)) => bail!("{e}"),
-        _ => bail!("expected a JSON object"),
-    }
 }
 
 fn print_version(prog: &str, profile: &Profile) {
@@ -176,6 +157,16 @@ fn run(prog: &str, cfg: Config) -> Result<()> {
             start_paused: cfg.start_paused,
             stepped_jobs: cfg.stepped_jobs,
             strict: cfg.strict,
+            kvm: sys::kvm_accelerated(&cfg.accel),
+            chardevs: cfg
+                .monitors
+                .iter()
+                .zip(&bound)
+                .map(|(m, (b, _))| Chardev {
+                    label: m.label.clone(),
+                    filename: b.describe(),
+                })
+                .collect(),
         },
     );
     core.set_host_io(Box::new(mock_qemu::host::RealHostIo::default()));
@@ -194,19 +185,7 @@ fn run(prog: &str, cfg: Config) -> Result<()> {
         core.inject_fault(&a)
             .map_err(|e| anyhow::anyhow!("--mock-fault {spec}: {}", e.desc))?;
     }
-    let dash = if cfg.flavor == Flavor::Qsd { "--" } else { "-" };
-    type ArgParser = fn(&str) -> Result<mock_qemu::qmp::qobject::QDict>;
-    let startup: [(&str, &[String], ArgParser, &str); 2] = [
-        ("object", &cfg.objects, object_args, "object-add"),
-        ("blockdev", &cfg.blockdevs, blockdev_args, "blockdev-add"),
-    ];
-    for (opt, specs, parse, command) in startup {
-        for spec in specs {
-            let args = parse(spec).map_err(|e| anyhow::anyhow!("{dash}{opt} {spec}: {e}"))?;
-            core.startup_command(command, args)
-                .map_err(|e| anyhow::anyhow!("{dash}{opt} {spec}: {}", e.desc))?;
-        }
-    }
+    core.run_cmdline(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mock = MockQemu::new(core);
     let mut cleanup: Vec<PathBuf> = Vec::new();
     rt.block_on(async {

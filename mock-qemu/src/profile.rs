@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::qmp::qobject::QObject;
 use crate::qmp::schema::{IntKind, Schema};
+use crate::replies::Replies;
 
 /// The QEMU versions the mock can impersonate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -146,6 +147,7 @@ struct Schemas {
     command_names: std::collections::BTreeSet<String>,
     schema_raw: QObject,
     schema: Schema,
+    replies: Replies,
 }
 
 #[derive(Debug)]
@@ -155,6 +157,12 @@ struct Recorded {
     commands: &'static str,
     schema: &'static str,
     int_kinds: &'static str,
+    /// Golden transcripts whose static-query replies are served as data
+    /// ([`crate::replies`]).
+    replies: &'static [&'static str],
+    /// Golden transcripts of a machine with a vCPU (`-M pc`): its CPU's
+    /// answers ([`crate::replies::MACHINE_QUERIES`]).
+    machine_replies: &'static [&'static str],
 }
 
 macro_rules! recorded {
@@ -177,6 +185,23 @@ macro_rules! recorded {
                 "/profile/query-qmp-schema.json"
             )),
             int_kinds: include_str!(concat!("../../fixtures/", $dir, "/profile/int-kinds.json")),
+            replies: &[],
+            machine_replies: &[],
+        })
+    };
+    ($dir:literal, system) => {
+        recorded!($dir).map(|r| Recorded {
+            replies: &[include_str!(concat!(
+                "../../fixtures/",
+                $dir,
+                "/transcripts/libvirt/probe.out"
+            ))],
+            machine_replies: &[include_str!(concat!(
+                "../../fixtures/",
+                $dir,
+                "/transcripts/libvirt/domain-start.out"
+            ))],
+            ..r
         })
     };
 }
@@ -184,9 +209,9 @@ macro_rules! recorded {
 fn recorded(version: Version, flavor: Flavor) -> Option<Recorded> {
     match (version, flavor) {
         (Version::V10_0, Flavor::Qsd) => recorded!("qemu-10.0/qsd"),
-        (Version::V10_0, Flavor::System) => recorded!("qemu-10.0/system"),
+        (Version::V10_0, Flavor::System) => recorded!("qemu-10.0/system", system),
         (Version::V7_2, Flavor::Qsd) => recorded!("qemu-7.2/qsd"),
-        (Version::V7_2, Flavor::System) => recorded!("qemu-7.2/system"),
+        (Version::V7_2, Flavor::System) => recorded!("qemu-7.2/system", system),
         (Version::V5_2, Flavor::Qsd) => recorded!("qemu-5.2/qsd"),
         (Version::V5_2, Flavor::System) => None,
     }
@@ -329,6 +354,13 @@ impl Profile {
             query_commands: QObject::from_wire(&qc),
             schema_raw: QObject::from_wire(&schema_v),
             schema,
+            replies: Replies::from_transcripts(self.rec.replies)
+                .and_then(|r| r.with_machine(self.rec.machine_replies))
+                .map_err(|e| ProfileError::Malformed {
+                    version,
+                    flavor,
+                    what: format!("recorded replies: {e}"),
+                })?,
         })
     }
 
@@ -344,6 +376,7 @@ impl Profile {
                     query_commands: QObject::List(vec![]),
                     schema_raw: QObject::List(vec![]),
                     schema: Schema::empty(),
+                    replies: Replies::default(),
                 }
             })
         })
@@ -392,6 +425,11 @@ impl Profile {
     /// The parsed schema.
     pub fn schema(&self) -> &Schema {
         &self.schemas().schema
+    }
+
+    /// Replies recorded from this build for queries the mock does not model.
+    pub fn replies(&self) -> &Replies {
+        &self.schemas().replies
     }
 
     /// Whether the greeting offers the `oob` capability.

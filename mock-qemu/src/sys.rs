@@ -97,3 +97,53 @@ impl Daemon {
         }
     }
 }
+
+/// Whether QEMU would run with KVM given these accelerators in order: the
+/// first that works is used (`kvm` works when `/dev/kvm` opens for reading
+/// and writing, `tcg` always); none given means `tcg`.
+pub fn kvm_accelerated(accels: &[String]) -> bool {
+    for a in accels {
+        match a.as_str() {
+            "kvm" => {
+                let ok = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/kvm")
+                    .is_ok();
+                if ok {
+                    return true;
+                }
+            }
+            "tcg" => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Deallocates `len` bytes at `offset` of `f`, keeping its size
+/// (`fallocate(FALLOC_FL_PUNCH_HOLE)`, what QEMU's discard of a freed
+/// cluster does to a file). A file system without holes is left as it is.
+pub fn punch_hole(f: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Ok(());
+    };
+    // SAFETY: fallocate on an open fd we borrow; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}

@@ -1178,3 +1178,158 @@ fn a_backing_chain_that_loops_is_refused_not_followed_forever() {
     let (_, r) = c.cmd(json!({"execute": "query-named-block-nodes"}));
     assert_eq!(r["return"], json!([]), "nothing of the failed add is left");
 }
+
+/// qemu-storage-daemon 10.0: `QEMU_QSD_10_0`, else the system's.
+fn real_qsd_10() -> Option<Program> {
+    real(Flavor::Qsd).or_else(|| {
+        let path = PathBuf::from("/usr/bin/qemu-storage-daemon");
+        path.exists().then(|| Program {
+            label: format!("real {}", path.display()),
+            path,
+            pre: vec![],
+            env: vec![],
+        })
+    })
+}
+
+fn qemu_img_ok(args: &[&str]) -> Option<String> {
+    let out = Command::new("qemu-img").args(args).output().ok()?;
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// How a session ends.
+#[derive(Debug, Clone, Copy)]
+enum Close {
+    /// `blockdev-del` of the node, then `quit`.
+    Del,
+    /// `quit` with the node open (closed as the process exits).
+    Quit,
+    /// SIGTERM with the node open.
+    Term,
+}
+
+/// Runs `cmds` on a qcow2 node `disk` over `image` (copied into the
+/// program's folder), ends the session as `close` says, and returns the
+/// image's bytes.
+fn bitmap_session(p: &Program, image: &[u8], cmds: &[Value], close: Close) -> Vec<u8> {
+    let (mut run, sock) = qsd(p);
+    let img = run.path("disk.qcow2");
+    std::fs::write(&img, image).unwrap();
+    let mut c = Client::connect(&sock);
+    c.negotiate();
+    let add = json!({"execute": "blockdev-add", "arguments": {"driver": "qcow2",
+        "node-name": "disk", "file": {"driver": "file", "filename": img}}});
+    for cmd in std::iter::once(&add).chain(cmds) {
+        let (_, r) = c.cmd(cmd.clone());
+        assert!(r.get("return").is_some(), "{}: {cmd} -> {r}", run.label);
+    }
+    match close {
+        Close::Del => {
+            let (_, r) = c.cmd(json!({"execute": "blockdev-del",
+                "arguments": {"node-name": "disk"}}));
+            assert!(r.get("return").is_some(), "{}: {r}", run.label);
+            c.cmd(json!({"execute": "quit"}));
+        }
+        Close::Quit => {
+            c.cmd(json!({"execute": "quit"}));
+        }
+        Close::Term => {
+            let pid = libc::pid_t::try_from(run.child.id()).unwrap();
+            // SAFETY: kill() on our own child's pid.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        }
+    }
+    let status = run.child.wait().unwrap();
+    assert!(status.success(), "{}: {status}", run.label);
+    std::fs::read(&img).unwrap()
+}
+
+/// Persistent bitmaps written by the mock as a qcow2 node closes — by
+/// `blockdev-del`, `quit` or SIGTERM — are the bytes real
+/// qemu-storage-daemon 10.0 writes for the same session (empty bitmaps,
+/// default and explicit granularity, enabled and disabled; reopened,
+/// marked in use and stored again; one removed), and `qemu-img check`
+/// finds the images clean.
+#[test]
+fn persistent_bitmaps_reach_the_image_as_qemu_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh.qcow2");
+    let fresh_s = fresh.display().to_string();
+    if qemu_img_ok(&["create", "-q", "-f", "qcow2", &fresh_s, "1M"]).is_none() {
+        eprintln!("qemu-img not available: skipped");
+        return;
+    }
+    let fresh = std::fs::read(&fresh).unwrap();
+    let add = |name: &str, extra: Value| {
+        let mut a = json!({"node": "disk", "name": name, "persistent": true});
+        for (k, v) in extra.as_object().unwrap() {
+            a[k] = v.clone();
+        }
+        json!({"execute": "block-dirty-bitmap-add", "arguments": a})
+    };
+    let first = vec![
+        add("p", json!({"disabled": true})),
+        add("wide", json!({"granularity": 131072})),
+        json!({"execute": "block-dirty-bitmap-add",
+            "arguments": {"node": "disk", "name": "transient"}}),
+    ];
+    let second = vec![
+        json!({"execute": "block-dirty-bitmap-remove",
+            "arguments": {"node": "disk", "name": "wide"}}),
+        json!({"execute": "block-dirty-bitmap-enable",
+            "arguments": {"node": "disk", "name": "p"}}),
+        add("later", json!({})),
+    ];
+    let mut programs = vec![mock(Flavor::Qsd)];
+    programs.extend(real_qsd_10());
+    for close in [Close::Del, Close::Quit, Close::Term] {
+        let results: Vec<(String, Vec<u8>, Vec<u8>)> = programs
+            .iter()
+            .map(|p| {
+                let once = bitmap_session(p, &fresh, &first, close);
+                let twice = bitmap_session(p, &once, &second, close);
+                (p.label.clone(), once, twice)
+            })
+            .collect();
+        let (_, once, twice) = &results[0];
+        eprintln!("{close:?}: compared {} programs", results.len());
+        // Two tables (clusters 4, 5), then the 64-byte directory.
+        assert_eq!(once.len(), 0x60040, "{close:?}: file length");
+        for (step, bytes) in [("first", once), ("second", twice)] {
+            let f = dir.path().join(format!("{close:?}-{step}.qcow2"));
+            std::fs::write(&f, bytes).unwrap();
+            let f = f.display().to_string();
+            qemu_img_ok(&["check", "-q", &f]);
+            let info = qemu_img_ok(&["info", "--output=json", &f]).unwrap();
+            let info: Value = serde_json::from_str(&info).unwrap();
+            let names: Vec<&str> = info["format-specific"]["data"]["bitmaps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["name"].as_str().unwrap())
+                .collect();
+            let want: &[&str] = if step == "first" {
+                &["wide", "p"]
+            } else {
+                &["p", "later"]
+            };
+            assert_eq!(names, want, "{close:?} {step}: {info}");
+        }
+        for (label, o, t) in &results[1..] {
+            assert!(
+                o == once,
+                "{close:?}: first session differs from {label}'s bytes"
+            );
+            assert!(
+                t == twice,
+                "{close:?}: second session differs from {label}'s bytes"
+            );
+        }
+    }
+}

@@ -40,18 +40,37 @@ const MAX_NAME: usize = 1023;
 struct Refuse {
     busy: bool,
     readonly: bool,
+    inconsistent: bool,
 }
 
-/// `BDRV_BITMAP_DEFAULT`: busy and read-only bitmaps cannot change.
+/// `BDRV_BITMAP_DEFAULT`: busy, read-only and inconsistent bitmaps cannot
+/// change.
 const DEFAULT: Refuse = Refuse {
     busy: true,
     readonly: true,
+    inconsistent: true,
 };
 
 /// `BDRV_BITMAP_ALLOW_RO`: read-only bitmaps may (enable, disable).
 const ALLOW_RO: Refuse = Refuse {
     busy: true,
     readonly: false,
+    inconsistent: true,
+};
+
+/// `BDRV_BITMAP_INCONSISTENT` (a merge's sources).
+const SOURCE: Refuse = Refuse {
+    busy: false,
+    readonly: false,
+    inconsistent: true,
+};
+
+/// `BDRV_BITMAP_BUSY | BDRV_BITMAP_RO` (remove: an inconsistent bitmap is
+/// removed to get rid of it).
+const REMOVE: Refuse = Refuse {
+    busy: true,
+    readonly: true,
+    inconsistent: false,
 };
 
 fn not_found(name: &str) -> QmpError {
@@ -96,6 +115,11 @@ fn check(
     if refuse.readonly && b.readonly {
         return Err(QmpError::generic(format!(
             "Bitmap '{name}' is readonly and cannot be modified"
+        )));
+    }
+    if refuse.inconsistent && b.inconsistent {
+        return Err(QmpError::generic(format!(
+            "Bitmap '{name}' is inconsistent and cannot be used"
         )));
     }
     Ok(())
@@ -153,6 +177,40 @@ impl BitmapAdd {
                 n.name
             )));
         }
+        // qcow2_co_can_store_new_dirty_bitmap(): the image must be able
+        // to hold it.
+        if self.persistent {
+            if let Some(q) = &n.qcow2 {
+                // A taken name is refused plainly first (as real QEMU
+                // does), then the image's own limits, worded with a prefix.
+                if n.bitmaps
+                    .iter()
+                    .any(|b| b.name.as_deref() == Some(self.name.as_str()))
+                {
+                    return Err(QmpError::generic(format!(
+                        "Bitmap already exists: {}",
+                        self.name
+                    )));
+                }
+                let why = if q.version < 3 {
+                    Some("Cannot store dirty bitmaps in qcow2 v2 files".to_owned())
+                } else if granularity > 1 << 31 {
+                    Some("Granularity exceeds maximum (2147483648 bytes)".to_owned())
+                } else if self.name.len() > MAX_NAME {
+                    Some(format!(
+                        "Name length exceeds maximum ({MAX_NAME} characters)"
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(QmpError::generic(format!(
+                        "Can't make bitmap '{}' persistent in '{}': {why}",
+                        self.name, n.name
+                    )));
+                }
+            }
+        }
         // bdrv_create_dirty_bitmap().
         if n.bitmaps
             .iter()
@@ -179,6 +237,7 @@ impl BitmapAdd {
                 owner: None,
                 busy: false,
                 readonly: false,
+                inconsistent: false,
                 locked: false,
                 tracks_progress: false,
             });
@@ -210,13 +269,28 @@ impl BitmapVerb {
         let i = find(ctx, id, &self.name)?;
         let refuse = match self.verb.as_str() {
             "block-dirty-bitmap-enable" | "block-dirty-bitmap-disable" => ALLOW_RO,
+            "block-dirty-bitmap-remove" => REMOVE,
             _ => DEFAULT,
         };
         check(ctx, id, i, &self.name, refuse)?;
-        if let Some(n) = ctx.machine.graph_mut().node_mut(id) {
+        let graph = ctx.machine.graph_mut();
+        let filename = graph.image_filename(id);
+        if let Some(n) = graph.node_mut(id) {
             match self.verb.as_str() {
                 "block-dirty-bitmap-remove" => {
-                    n.bitmaps.remove(i);
+                    let b = n.bitmaps.remove(i);
+                    // A persistent bitmap leaves the image at once.
+                    if b.persistent && n.driver == "qcow2" {
+                        if let Some(q) = n.qcow2.as_mut() {
+                            q.bitmaps.retain(|s| s.name != self.name);
+                        }
+                        if let Some(filename) = filename {
+                            graph.push_effect(crate::model::Effect::RemoveBitmap {
+                                filename,
+                                name: self.name,
+                            });
+                        }
+                    }
                 }
                 "block-dirty-bitmap-enable" => n.bitmaps[i].recording = true,
                 "block-dirty-bitmap-disable" => n.bitmaps[i].recording = false,
@@ -269,8 +343,10 @@ impl BitmapMerge {
         let dst_size = graph.node(id).map_or(0, |n| n.size);
         for (n, b) in &self.sources {
             let src = lookup_node(ctx, n)?;
-            // A source may be busy or read-only: it is only read.
-            find(ctx, src, b)?;
+            // A source may be busy or read-only: it is only read; an
+            // inconsistent one has no bits to give.
+            let j = find(ctx, src, b)?;
+            check(ctx, src, j, b, SOURCE)?;
             // bdrv_merge_dirty_bitmap(): both cover the same size.
             let src_size = graph.node(src).map_or(0, |n| n.size);
             if src_size != dst_size {

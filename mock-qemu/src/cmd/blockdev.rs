@@ -477,7 +477,9 @@ impl Opener<'_, '_> {
                 };
                 // qcow2_load_dirty_bitmaps(): the image's persistent bitmaps,
                 // recording if stored so and the node is writable, read-only
-                // on a read-only node.
+                // on a read-only node; one found in use is inconsistent. A
+                // writable node marks the others in use in the image.
+                let mark_in_use = !node.read_only && header.bitmaps.iter().any(|b| !b.in_use);
                 node.bitmaps = header
                     .bitmaps
                     .iter()
@@ -485,10 +487,13 @@ impl Opener<'_, '_> {
                         name: Some(b.name.clone()),
                         granularity: b.granularity,
                         persistent: true,
-                        recording: b.auto && !node.read_only,
+                        // An inconsistent bitmap is disabled
+                        // (bdrv_dirty_bitmap_set_inconsistent()).
+                        recording: b.auto && !node.read_only && !b.in_use,
                         count: 0,
                         busy: false,
                         readonly: node.read_only,
+                        inconsistent: b.in_use,
                         locked: false,
                         tracks_progress: false,
                         owner: None,
@@ -497,6 +502,13 @@ impl Opener<'_, '_> {
                 node.qcow2 = Some(header);
                 let backing_inherit = Inherited::backing_of(&node);
                 let id = self.insert(name, node)?;
+                if mark_in_use {
+                    self.ctx.machine.graph_mut().push_effect(
+                        crate::model::Effect::MarkBitmapsInUse {
+                            filename: facts.filename.clone(),
+                        },
+                    );
+                }
                 let backing = match a.get("backing") {
                     Some(QObject::Null) => None,
                     Some(def) => Some(
@@ -576,6 +588,7 @@ pub(super) fn anonymous_bitmap(
         owner: Some(owner),
         busy: false,
         readonly: false,
+        inconsistent: false,
         locked: false,
         tracks_progress: false,
     }
@@ -768,25 +781,185 @@ impl BlockdevDel {
     }
 }
 
-/// `query-block`: BlockBackends that have a name or a device. Exports'
-/// backends are anonymous and devices are not modelled yet, so none qualify
-/// today (as recorded); devices will add theirs.
+/// `query-block`: BlockBackends that have a name or a device, oldest
+/// first. Exports' backends are anonymous; devices' are listed with the
+/// device's id (or path) as `qdev` and their node, below any implicit job
+/// filter, as `inserted`.
 #[derive(Debug)]
 pub struct QueryBlock;
 
 impl QueryBlock {
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
-        let named = ctx
-            .machine
-            .graph()
-            .backends()
-            .filter(|(owner, _)| !owner.starts_with("export:"))
-            .count();
-        if named > 0 {
-            return Err(not_implemented(ctx.profile, "query-block (devices)"));
+        let graph = ctx.machine.graph();
+        let mut list = Vec::new();
+        for (owner, node) in graph.backends() {
+            let Some(qdev) = owner.strip_prefix(crate::model::devices::BACKEND_PREFIX) else {
+                continue;
+            };
+            // bdrv_skip_implicit_filters().
+            let mut node = node;
+            while graph.node(node).is_some_and(|n| n.implicit) {
+                match graph
+                    .child(node, "file")
+                    .or_else(|| graph.child(node, "backing"))
+                {
+                    Some(c) => node = c,
+                    None => break,
+                }
+            }
+            let mut d = QDict::new();
+            d.put("device", "");
+            d.put("qdev", qdev);
+            d.put("type", "unknown");
+            d.put("removable", false);
+            d.put("locked", false);
+            d.put("inserted", node_info(ctx, node, false)?);
+            d.put("io-status", "ok");
+            list.push(QObject::Dict(d));
         }
-        Ok(QObject::List(Vec::new()))
+        Ok(shape::reply(
+            ctx.profile.schema(),
+            "query-block",
+            QObject::List(list),
+        ))
     }
+}
+
+/// `query-blockstats`: per disk (a BlockBackend with a device), or with
+/// `query-nodes` per named node, oldest first. The mock models no guest
+/// I/O, so every counter is what QEMU shows before any: zero.
+#[derive(Debug)]
+pub struct QueryBlockstats {
+    query_nodes: bool,
+}
+
+impl QueryBlockstats {
+    /// From the checked arguments.
+    pub fn new(args: &QDict) -> Self {
+        QueryBlockstats {
+            query_nodes: bool_opt(args, "query-nodes").unwrap_or(false),
+        }
+    }
+
+    pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
+        let graph = ctx.machine.graph();
+        let mut list = Vec::new();
+        if self.query_nodes {
+            let mut ids: Vec<NodeId> = graph.newest_first().map(|(id, _)| id).collect();
+            ids.reverse();
+            for id in ids {
+                list.push(QObject::Dict(bds_stats(graph, id, false)));
+            }
+        } else {
+            for (owner, node) in graph.backends() {
+                let Some(qdev) = owner.strip_prefix(crate::model::devices::BACKEND_PREFIX) else {
+                    continue;
+                };
+                let mut d = bds_stats(graph, node, true);
+                d.put("device", "");
+                d.put("qdev", qdev);
+                list.push(QObject::Dict(d));
+            }
+        }
+        Ok(shape::reply(
+            ctx.profile.schema(),
+            "query-blockstats",
+            QObject::List(list),
+        ))
+    }
+}
+
+/// `bdrv_query_bds_stats()`: a node's stats (BlockBackend accounting at
+/// the BlockBackend level), its data child as `parent`, and at that level
+/// its backing chain as `backing`. Implicit filters are skipped there.
+fn bds_stats(graph: &Graph, id: NodeId, blk_level: bool) -> QDict {
+    bds_stats_inner(graph, id, blk_level, blk_level)
+}
+
+/// `accounted`: the stats are a BlockBackend's (its accounting flags are
+/// on); the nodes below report their own, with the flags off.
+fn bds_stats_inner(graph: &Graph, id: NodeId, blk_level: bool, accounted: bool) -> QDict {
+    let mut id = id;
+    if blk_level {
+        while graph.node(id).is_some_and(|n| n.implicit) {
+            match graph
+                .child(id, "file")
+                .or_else(|| graph.child(id, "backing"))
+            {
+                Some(c) => id = c,
+                None => break,
+            }
+        }
+    }
+    let mut stats = QDict::new();
+    for k in [
+        "rd_bytes",
+        "wr_bytes",
+        "zone_append_bytes",
+        "unmap_bytes",
+        "rd_operations",
+        "wr_operations",
+        "zone_append_operations",
+        "flush_operations",
+        "unmap_operations",
+        "rd_total_time_ns",
+        "wr_total_time_ns",
+        "zone_append_total_time_ns",
+        "flush_total_time_ns",
+        "unmap_total_time_ns",
+        "wr_highest_offset",
+        "rd_merged",
+        "wr_merged",
+        "zone_append_merged",
+        "unmap_merged",
+        "failed_rd_operations",
+        "failed_wr_operations",
+        "failed_zone_append_operations",
+        "failed_flush_operations",
+        "failed_unmap_operations",
+        "invalid_rd_operations",
+        "invalid_wr_operations",
+        "invalid_zone_append_operations",
+        "invalid_flush_operations",
+        "invalid_unmap_operations",
+    ] {
+        stats.put(k, 0i64);
+    }
+    stats.put("account_invalid", accounted);
+    stats.put("account_failed", accounted);
+    stats.put("timed_stats", QObject::List(Vec::new()));
+    let mut d = QDict::new();
+    d.put("stats", stats);
+    let Some(node) = graph.node(id) else {
+        return d;
+    };
+    d.put("node-name", node.name.clone());
+    if node.driver == "file" || node.driver == "host_device" {
+        let mut spec = QDict::new();
+        spec.put("driver", node.driver.clone());
+        spec.put("discard-nb-ok", 0i64);
+        spec.put("discard-nb-failed", 0i64);
+        spec.put("discard-bytes-ok", 0i64);
+        d.put("driver-specific", spec);
+    }
+    // bdrv_primary_child(), else the first data or filtered child.
+    let parent = graph.child(id, "file").or_else(|| {
+        is_filter(&node.driver)
+            .then(|| graph.child(id, "backing"))
+            .flatten()
+    });
+    if let Some(p) = parent {
+        d.put("parent", bds_stats_inner(graph, p, blk_level, false));
+    }
+    if blk_level {
+        if let Some(b) = graph
+            .child(id, "backing")
+            .filter(|_| !is_filter(&node.driver))
+        {
+            d.put("backing", bds_stats_inner(graph, b, blk_level, false));
+        }
+    }
+    d
 }
 
 /// `query-named-block-nodes`.
@@ -1012,11 +1185,12 @@ fn image_info(graph: &Graph, id: NodeId, nested: bool) -> Option<QDict> {
     if let Some(q) = &node.qcow2 {
         let mut data = QDict::new();
         data.put("compat", if q.version >= 3 { "1.1" } else { "0.10" });
+        // Every version reports the compression type, v2 images too.
+        data.put(
+            "compression-type",
+            if q.compression_zstd { "zstd" } else { "zlib" },
+        );
         if q.version >= 3 {
-            data.put(
-                "compression-type",
-                if q.compression_zstd { "zstd" } else { "zlib" },
-            );
             data.put("lazy-refcounts", q.lazy_refcounts);
         }
         data.put("refcount-bits", i64::from(q.refcount_bits));
@@ -1135,7 +1309,9 @@ fn node_info(ctx: &Context<'_>, id: NodeId, flat: bool) -> Result<QDict, QmpErro
                 // Dropped from the schema after 5.2; the projection decides.
                 m.put(
                     "status",
-                    if b.busy && b.locked {
+                    if b.inconsistent {
+                        "inconsistent"
+                    } else if b.busy && b.locked {
                         "locked"
                     } else if b.busy {
                         "frozen"
@@ -1147,6 +1323,9 @@ fn node_info(ctx: &Context<'_>, id: NodeId, flat: bool) -> Result<QDict, QmpErro
                 );
                 m.put("granularity", b.granularity);
                 m.put("count", b.count);
+                if b.inconsistent {
+                    m.put("inconsistent", true);
+                }
                 QObject::Dict(m)
             })
             .collect();

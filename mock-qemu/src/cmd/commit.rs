@@ -86,10 +86,14 @@ impl BlockCommit {
         };
         // The overlay right above top (intermediate commit).
         let above = tpos.checked_sub(1).map(|i| chain[i]);
+        // commit_start()/commit_active_start() reopen a read-only base
+        // read-write for the job.
+        let base_read_only = graph.node(base).is_some_and(|n| n.read_only);
         let job = Job {
             base: Some(base),
             top: Some(top),
             waits_for_complete: top == dev,
+            base_read_only,
             ..Job::new("", JobKind::Commit, dev, len)
         };
         let id = a.get_str("job-id").unwrap_or_default().to_owned();
@@ -103,6 +107,9 @@ impl BlockCommit {
         } else {
             super::jobs::start_or_drop(ctx, &self.args, job, filter_ok)?
         };
+        if base_read_only {
+            ctx.machine.graph_mut().set_writable(base);
+        }
         match above {
             // Active commit runs as a mirror: mirror_top above the device.
             None => {

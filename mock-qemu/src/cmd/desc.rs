@@ -86,6 +86,7 @@ pub fn perm_conflict(v: Version, c: &PermConflict, new: &EdgePerm) -> QmpError {
     if v < Version::V7_2 {
         let user = match &c.existing.user {
             PermUser::Backend => "a block device".to_owned(),
+            PermUser::Device(d) => format!("block device '{d}'"),
             PermUser::Node(n) | PermUser::Job(n) => n.clone(),
         };
         let role = &c.existing.role;
@@ -97,6 +98,7 @@ pub fn perm_conflict(v: Version, c: &PermConflict, new: &EdgePerm) -> QmpError {
     }
     let desc = |e: &EdgePerm| match &e.user {
         PermUser::Backend => "an unnamed block device".to_owned(),
+        PermUser::Device(d) => format!("block device '{d}'"),
         PermUser::Node(n) => format!("node '{n}'"),
         PermUser::Job(j) => j.clone(),
     };

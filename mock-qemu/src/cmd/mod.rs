@@ -12,9 +12,11 @@ mod commit;
 mod control;
 mod create;
 mod desc;
+mod devices;
 mod drive;
 mod exports;
 mod jobs;
+mod machine;
 mod mirror;
 mod objects;
 mod snapshot;
@@ -88,12 +90,27 @@ pub fn execute(
         "query-qmp-schema" => Ok(ctx.profile.schema_raw().clone()),
         "quit" => control::Quit.apply(ctx),
         "query-status" => system::QueryStatus.apply(ctx),
+        "query-chardev" => machine::QueryChardev.apply(ctx),
+        "query-migrate-capabilities" => machine::QueryMigrateCapabilities.apply(ctx),
+        "migrate-set-capabilities" => machine::MigrateSetCapabilities::parse(args)?.apply(ctx),
+        "query-iothreads" => machine::QueryIothreads.apply(ctx),
+        "query-kvm" => machine::QueryKvm.apply(ctx),
+        "qom-list"
+            if args.get("path").and_then(serde_json::Value::as_str)
+                == Some(machine::QomListPeripheral::PATH) =>
+        {
+            machine::QomListPeripheral.apply(ctx)
+        }
         "stop" => system::Stop.apply(ctx),
         "cont" => system::Cont.apply(ctx),
+        "system_reset" => system::SystemReset.apply(ctx),
         "blockdev-add" => blockdev::BlockdevAdd::new(dict(&args)).apply(ctx),
         "blockdev-del" => blockdev::BlockdevDel::new(&dict(&args)).apply(ctx),
         "query-block" => blockdev::QueryBlock.apply(ctx),
         "x-debug-query-block-graph" => blockgraph::XDebugQueryBlockGraph.apply(ctx),
+        "query-blockstats" => blockdev::QueryBlockstats::new(&dict(&args)).apply(ctx),
+        "device_add" => devices::DeviceAdd::new(dict(&args), devices::Origin::Qmp).apply(ctx),
+        "device_del" => devices::DeviceDel::new(&dict(&args)).apply(ctx),
         "query-named-block-nodes" => blockdev::QueryNamedBlockNodes::new(&dict(&args)).apply(ctx),
         "blockdev-snapshot-sync" => snapshot::BlockdevSnapshotSync::new(dict(&args)).apply(ctx),
         "blockdev-snapshot" => snapshot::BlockdevSnapshot::new(&dict(&args)).apply(ctx),
@@ -134,7 +151,20 @@ pub fn execute(
         | "block-job-change" => {
             jobs::JobVerb::parse(name, jobs::Family::BlockJob, args)?.apply(ctx)
         }
-        _ => Err(not_implemented(ctx.profile, name)),
+        _ => {
+            let replies = ctx.profile.replies();
+            let machine = || {
+                ctx.machine
+                    .devices()
+                    .has_cpus()
+                    .then(|| replies.lookup_machine(name, &args))
+                    .flatten()
+            };
+            match replies.lookup(name, &args).or_else(machine) {
+                Some(recorded) => recorded,
+                None => Err(not_implemented(ctx.profile, name)),
+            }
+        }
     }
 }
 
@@ -204,6 +234,20 @@ fn block_job_data(device: &str, len: u64, offset: u64, speed: u64, kind: &str) -
     d
 }
 
+/// A `-device` of the command line (cold plug): `json` for the JSON form.
+pub fn device_add_cmdline(
+    ctx: &mut Context<'_>,
+    args: QDict,
+    json: bool,
+) -> Result<Return, QmpError> {
+    let origin = if json {
+        devices::Origin::CmdlineJson
+    } else {
+        devices::Origin::CmdlineKeyval
+    };
+    devices::DeviceAdd::new(args, origin).apply(ctx)
+}
+
 /// An event's wire name and data.
 pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
     match e {
@@ -214,6 +258,12 @@ pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
             ("SHUTDOWN", Some(QObject::Dict(d)))
         }
         ModelEvent::Stop => ("STOP", None),
+        ModelEvent::Reset { guest, reason } => {
+            let mut d = QDict::new();
+            d.put("guest", *guest);
+            d.put("reason", *reason);
+            ("RESET", Some(QObject::Dict(d)))
+        }
         ModelEvent::Resume => ("RESUME", None),
         ModelEvent::JobStatusChange { id, status } => {
             let mut d = QDict::new();
@@ -287,6 +337,14 @@ pub fn event_to_wire(e: &ModelEvent) -> (&'static str, Option<QObject>) {
             let mut d = QDict::new();
             d.put("id", id.clone());
             ("BLOCK_EXPORT_DELETED", Some(QObject::Dict(d)))
+        }
+        ModelEvent::DeviceDeleted { device, path } => {
+            let mut d = QDict::new();
+            if let Some(id) = device {
+                d.put("device", id.clone());
+            }
+            d.put("path", path.clone());
+            ("DEVICE_DELETED", Some(QObject::Dict(d)))
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::perms::{self, PermGraph, Perms, Users};
+use super::Effect;
 use crate::profile::Version;
 use crate::qmp::qobject::QDict;
 
@@ -85,6 +86,17 @@ pub struct StoredBitmap {
     pub auto: bool,
 }
 
+/// A persistent bitmap the image is to store when its node closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistBitmap {
+    /// Its name.
+    pub name: String,
+    /// Bytes per bit.
+    pub granularity: u64,
+    /// Recording (stored with the `auto` flag).
+    pub enabled: bool,
+}
+
 /// A dirty bitmap of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bitmap {
@@ -102,6 +114,9 @@ pub struct Bitmap {
     pub busy: bool,
     /// Loaded from an image opened read-only: it cannot be changed.
     pub readonly: bool,
+    /// Loaded from an image that had it marked in use (its writer did not
+    /// close it): its bits are lost, it cannot be used, only removed.
+    pub inconsistent: bool,
     /// Busy because an export reads it, not because a job froze it (QEMU
     /// 5.2's status tells `locked` from `frozen`).
     pub locked: bool,
@@ -212,6 +227,8 @@ pub const PERM_ALL: u8 = 0xf;
 pub enum PermUser {
     /// An anonymous BlockBackend (an export's).
     Backend,
+    /// A device's BlockBackend, by what QEMU calls it (its id, or a path).
+    Device(String),
     /// A parent node, by name.
     Node(String),
     /// A block job, as QEMU describes it (`stream job 's'`).
@@ -306,6 +323,9 @@ pub struct Graph {
     nodes: BTreeMap<NodeId, Node>,
     /// BlockBackends attached to nodes (exports, devices), by owner name.
     backends: Vec<(String, NodeId)>,
+    /// The permissions of device BlockBackends, by owner (the device model
+    /// sets them; an export's or a job's follow from what it is).
+    device_perms: BTreeMap<String, Perms>,
     next_id: NodeId,
     /// Counter for generated names (`#block%03d` … QEMU counts every
     /// generated name, never reusing one).
@@ -314,10 +334,13 @@ pub struct Graph {
     /// are not freed while held.
     job_held: BTreeSet<NodeId>,
     /// When each BlockBackend was made, by owner: QEMU lists BlockBackends
-    /// in creation order, exports' and jobs' interleaved.
+    /// in creation order, devices', exports' and jobs' interleaved.
     backend_born: BTreeMap<String, u64>,
     /// Counter for [`Graph::claim_backend_seq`].
     next_backend_seq: u64,
+    /// Changes to files the host is to make, in order (closing a qcow2
+    /// node stores its persistent bitmaps; jobs rewrite headers).
+    effects: Vec<Effect>,
 }
 
 /// QEMU's `id_wellformed()`.
@@ -467,6 +490,7 @@ impl Graph {
         if let Some(f) = filtered {
             self.replace_node(id, f);
         }
+        self.store_on_close(id);
         let Some(node) = self.nodes.remove(&id) else {
             return;
         };
@@ -591,10 +615,25 @@ impl Graph {
         self.backends.iter().map(|(o, n)| (o.as_str(), *n))
     }
 
+    /// Attaches a device's BlockBackend (`owner` starts with
+    /// [`crate::model::devices::BACKEND_PREFIX`]) with the permissions the
+    /// device model set on it (`blkconf_apply_backend_options`).
+    pub fn attach_device_backend(&mut self, owner: &str, id: NodeId, perms: Perms) {
+        self.attach_backend(owner, id);
+        self.device_perms.insert(owner.to_owned(), perms);
+    }
+
+    /// The permissions a device's BlockBackend takes and shares (`None`:
+    /// `owner` is not a device's).
+    pub fn device_perms(&self, owner: &str) -> Option<Perms> {
+        self.device_perms.get(owner).copied()
+    }
+
     /// Detaches `owner`'s BlockBackend.
     pub fn detach_backend(&mut self, owner: &str) {
         self.backends.retain(|(o, _)| o != owner);
         self.backend_born.remove(owner);
+        self.device_perms.remove(owner);
     }
 
     /// Frees a node no parent holds and that the monitor does not own,
@@ -609,6 +648,9 @@ impl Graph {
     /// Removes nodes a failed `blockdev-add` created (generated names stay
     /// consumed, as in QEMU).
     pub fn discard(&mut self, ids: &[NodeId]) {
+        for id in ids {
+            self.store_on_close(*id);
+        }
         for id in ids {
             self.nodes.remove(id);
         }
@@ -644,8 +686,8 @@ impl Graph {
 
     /// The users of `id` the permission-conflict checks consider, with the
     /// permissions [`PermGraph`] computes for them (the same
-    /// `x-debug-query-block-graph` shows): BlockBackends (exports' and
-    /// jobs', newest first), then what block jobs hold (newest job first),
+    /// `x-debug-query-block-graph` shows): BlockBackends (devices',
+    /// exports' and jobs', newest first), then what block jobs hold (newest job first),
     /// then parent nodes (newest first). Users that take nothing and share
     /// everything are left out: they never conflict.
     pub fn users(&self, id: NodeId, others: &Users, v: Version) -> Vec<EdgePerm> {
@@ -657,7 +699,10 @@ impl Graph {
             .rev()
             .filter(|b| b.node == id && b.perms != inert)
             .map(|b| EdgePerm {
-                user: PermUser::Backend,
+                user: match b.owner.strip_prefix(crate::model::devices::BACKEND_PREFIX) {
+                    Some(qdev) => PermUser::Device(qdev.to_owned()),
+                    None => PermUser::Backend,
+                },
                 role: "root".into(),
                 perm: b.perms.perm,
                 shared: b.perms.shared,
@@ -782,6 +827,15 @@ impl Graph {
     /// Marks a node and its `file` child read-only (a node that became a
     /// backing file is reopened read-only).
     pub fn set_read_only(&mut self, id: NodeId) {
+        // qcow2_reopen_bitmaps_ro(): the persistent bitmaps are stored and
+        // become read-only (kept, not released).
+        if self.store_bitmaps(id) {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                for b in n.bitmaps.iter_mut().filter(|b| b.persistent) {
+                    b.readonly = true;
+                }
+            }
+        }
         let file = self.child(id, "file");
         for n in [Some(id), file].into_iter().flatten() {
             if let Some(node) = self.nodes.get_mut(&n) {
@@ -790,13 +844,134 @@ impl Graph {
         }
     }
 
+    /// Marks a node and its `file` child writable again (a commit job
+    /// reopens a read-only base read-write).
+    pub fn set_writable(&mut self, id: NodeId) {
+        let file = self.child(id, "file");
+        for n in [Some(id), file].into_iter().flatten() {
+            if let Some(node) = self.nodes.get_mut(&n) {
+                node.read_only = false;
+            }
+        }
+    }
+
     /// Puts back a copy taken earlier (a failed transaction), keeping the
     /// generated-name counter where it is, as QEMU does.
     pub fn restore(&mut self, saved: Graph) {
         let (next_auto, next_backend_seq) = (self.next_auto, self.next_backend_seq);
+        let effects = std::mem::take(&mut self.effects);
         *self = saved;
         self.next_auto = next_auto;
         self.next_backend_seq = next_backend_seq;
+        // What was written stays written.
+        self.effects = effects;
+    }
+
+    /// Queues a change to a file.
+    pub fn push_effect(&mut self, e: Effect) {
+        self.effects.push(e);
+    }
+
+    /// Takes the queued changes to files, in order.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The file a format node's metadata lives in: down its `file`
+    /// children to a protocol node's file.
+    pub fn image_filename(&self, id: NodeId) -> Option<String> {
+        let mut cur = self.nodes.get(&id)?;
+        for _ in 0..64 {
+            if let Some(f) = &cur.file {
+                return Some(f.filename.clone());
+            }
+            cur = self.nodes.get(&self.child_of(cur, "file")?)?;
+        }
+        None
+    }
+
+    fn child_of(&self, n: &Node, role: &str) -> Option<NodeId> {
+        n.children.iter().find(|(r, _)| r == role).map(|(_, c)| *c)
+    }
+
+    /// `qcow2_inactivate()` of a closing node: a writable qcow2 node's
+    /// persistent bitmaps that are neither read-only nor inconsistent are
+    /// stored in its image (newest first, QEMU's list order), and released.
+    fn store_on_close(&mut self, id: NodeId) {
+        if self.store_bitmaps(id) {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.bitmaps.retain(|b| !b.persistent);
+            }
+        }
+    }
+
+    /// `qcow2_store_persistent_dirty_bitmaps()`: queues the store of a
+    /// writable qcow2 node's persistent, writable, consistent bitmaps;
+    /// whether there were any.
+    fn store_bitmaps(&mut self, id: NodeId) -> bool {
+        let Some(n) = self.nodes.get(&id) else {
+            return false;
+        };
+        if n.driver != "qcow2" || n.read_only {
+            return false;
+        }
+        let bitmaps: Vec<PersistBitmap> = n
+            .bitmaps
+            .iter()
+            .rev()
+            .filter(|b| b.persistent && !b.readonly && !b.inconsistent)
+            .filter_map(|b| {
+                Some(PersistBitmap {
+                    name: b.name.clone()?,
+                    granularity: b.granularity,
+                    enabled: b.recording,
+                })
+            })
+            .collect();
+        if bitmaps.is_empty() {
+            return false;
+        }
+        // What the image's directory then lists: the stored entries
+        // rewritten (no longer in use), the new ones appended.
+        if let Some(q) = self.nodes.get_mut(&id).and_then(|n| n.qcow2.as_mut()) {
+            for b in &bitmaps {
+                let entry = StoredBitmap {
+                    name: b.name.clone(),
+                    granularity: b.granularity,
+                    in_use: false,
+                    auto: b.enabled,
+                };
+                match q.bitmaps.iter_mut().find(|s| s.name == b.name) {
+                    Some(s) => *s = entry,
+                    None => q.bitmaps.push(entry),
+                }
+            }
+        }
+        if let Some(filename) = self.image_filename(id) {
+            self.effects
+                .push(Effect::StoreBitmaps { filename, bitmaps });
+        }
+        true
+    }
+
+    /// `bdrv_close_all()` as the process exits: every node stores its
+    /// persistent bitmaps.
+    pub fn close_all(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.store_on_close(id);
+        }
+    }
+
+    /// A file changed on disk: the nodes opened on it see its new size.
+    pub fn refresh_file(&mut self, facts: &FileFacts) {
+        for n in self.nodes.values_mut() {
+            if let Some(f) = n.file.as_mut().filter(|f| f.filename == facts.filename) {
+                f.size = facts.size;
+                f.allocated = facts.allocated;
+                n.size = facts.size.div_ceil(512) * 512;
+            }
+        }
     }
 
     /// A node, for changes that keep the graph's shape (bitmaps, flags).
@@ -830,6 +1005,7 @@ impl Graph {
     }
 
     fn remove_unreferenced(&mut self, id: NodeId) {
+        self.store_on_close(id);
         let Some(node) = self.nodes.remove(&id) else {
             return;
         };

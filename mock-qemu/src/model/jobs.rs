@@ -267,6 +267,9 @@ pub struct Job {
     /// that node's children keep (QEMU 6.0+ does not refresh them) until
     /// the job lets go of it.
     pub stale_hold: Option<(NodeId, Perms)>,
+    /// Commit: the base was read-only and the job reopened it read-write;
+    /// it goes back to read-only unless an active commit pivoted onto it.
+    pub base_read_only: bool,
 }
 
 /// An I/O error a job will meet.
@@ -356,6 +359,7 @@ impl Job {
             version: Version::default(),
             held: None,
             stale_hold: None,
+            base_read_only: false,
         }
     }
 }

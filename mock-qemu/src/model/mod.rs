@@ -5,11 +5,13 @@
 //! and what it wants to tell clients goes into its outbox as [`ModelEvent`]s.
 
 pub mod clock;
+pub mod devices;
 pub mod exports;
 pub mod graph;
 pub mod jobs;
 pub mod objects;
 pub mod perms;
+pub mod vm;
 
 use clock::{VirtualClock, VirtualTime};
 use graph::{Graph, NodeId};
@@ -40,6 +42,13 @@ pub enum ModelEvent {
     },
     /// `STOP` (system emulator).
     Stop,
+    /// `RESET` (system emulator).
+    Reset {
+        /// Whether the guest asked for it.
+        guest: bool,
+        /// `host-qmp-system-reset`, …
+        reason: &'static str,
+    },
     /// `RESUME` (system emulator).
     Resume,
     /// `JOB_STATUS_CHANGE`.
@@ -121,6 +130,13 @@ pub enum ModelEvent {
         /// The export id.
         id: String,
     },
+    /// `DEVICE_DELETED`.
+    DeviceDeleted {
+        /// The qdev id (absent for an anonymous device).
+        device: Option<String>,
+        /// The QOM path.
+        path: String,
+    },
 }
 
 /// QEMU's rate-limit slice (`BLOCK_JOB_SLICE_TIME`), in microseconds.
@@ -154,6 +170,28 @@ pub enum Effect {
         /// New backing name and format.
         backing: Option<(String, String)>,
     },
+    /// A qcow2 node closed: store its persistent bitmaps in the image
+    /// (`qcow2_store_persistent_dirty_bitmaps()`), newest first.
+    StoreBitmaps {
+        /// The image file.
+        filename: String,
+        /// The bitmaps.
+        bitmaps: Vec<graph::PersistBitmap>,
+    },
+    /// A writable qcow2 node opened: the bitmaps stored in the image are
+    /// marked in use (`qcow2_load_dirty_bitmaps()`).
+    MarkBitmapsInUse {
+        /// The image file.
+        filename: String,
+    },
+    /// A persistent bitmap was removed: it leaves the image's bitmap
+    /// directory at once (`qcow2_co_remove_persistent_dirty_bitmap()`).
+    RemoveBitmap {
+        /// The image file.
+        filename: String,
+        /// The bitmap.
+        name: String,
+    },
 }
 
 /// The file name QEMU reports for a node (its file child's for formats).
@@ -186,12 +224,12 @@ pub struct Machine {
     clock: VirtualClock,
     /// Jobs in creation order.
     jobs: Vec<Job>,
-    effects: Vec<Effect>,
     graph: Graph,
     /// Bumped by every mutable access to the graph (reply caches key on it).
     graph_generation: u64,
     exports: exports::Exports,
     objects: objects::Objects,
+    devices: devices::Devices,
     /// Strict mode is on.
     strict: bool,
     /// Faults injected with `x-mock-inject-fault` / `--mock-fault`.
@@ -210,6 +248,8 @@ pub struct Machine {
     /// progress only as virtual time passes, at their `speed` or else at
     /// this simulated throughput.
     stepped: Option<u64>,
+    /// Chardevs and migration capabilities.
+    vm: vm::Vm,
 }
 
 impl Machine {
@@ -218,11 +258,11 @@ impl Machine {
         Machine {
             clock: VirtualClock::new(epoch),
             jobs: Vec::new(),
-            effects: Vec::new(),
             graph: Graph::new(),
             graph_generation: 0,
             exports: exports::Exports::default(),
             objects: objects::Objects::default(),
+            devices: devices::Devices::default(),
             strict: false,
             injected: Vec::new(),
             deferred: None,
@@ -236,7 +276,18 @@ impl Machine {
             quit_requested: false,
             outbox: Vec::new(),
             stepped: None,
+            vm: vm::Vm::default(),
         }
+    }
+
+    /// Chardevs and migration capabilities.
+    pub fn vm(&self) -> &vm::Vm {
+        &self.vm
+    }
+
+    /// Chardevs and migration capabilities, to change.
+    pub fn vm_mut(&mut self) -> &mut vm::Vm {
+        &mut self.vm
     }
 
     /// The virtual clock.
@@ -891,6 +942,18 @@ impl Machine {
         if let Some(t) = job.owned_target {
             self.graph.free_unused(t);
         }
+        // A base the commit reopened read-write goes back to read-only,
+        // unless an active commit pivoted its parents onto it (the base
+        // then takes the top's read-write state: mirror_exit_common()).
+        if let (true, Some(base)) = (job.base_read_only, job.base) {
+            let pivoted = job.top == Some(job.node)
+                && job.error.is_none()
+                && !job.cancel_requested
+                && !job.no_pivot;
+            if !pivoted {
+                self.graph.set_read_only(base);
+            }
+        }
         // What only the job held goes now (a mirror's source after the
         // pivot, a committed top).
         for n in [Some(job.node), job.top, job.base].into_iter().flatten() {
@@ -987,7 +1050,7 @@ impl Machine {
                     .and_then(|f| f.file.clone())
                 {
                     self.graph.set_header_backing(above, backing.clone());
-                    self.effects.push(Effect::SetBacking {
+                    self.graph.push_effect(Effect::SetBacking {
                         filename: file.filename,
                         backing,
                     });
@@ -1021,7 +1084,7 @@ impl Machine {
                     .and_then(|f| f.file.clone())
                 {
                     self.graph.set_header_backing(job.node, backing.clone());
-                    self.effects.push(Effect::SetBacking {
+                    self.graph.push_effect(Effect::SetBacking {
                         filename: file.filename,
                         backing,
                     });
@@ -1033,7 +1096,7 @@ impl Machine {
 
     /// Takes the effects on files the model asked for, in order.
     pub fn take_effects(&mut self) -> Vec<Effect> {
-        std::mem::take(&mut self.effects)
+        self.graph.take_effects()
     }
 
     /// The block node graph.
@@ -1147,7 +1210,7 @@ impl Machine {
     }
 
     /// Every user of the graph that is not a node, with the permissions
-    /// it takes: BlockBackends (the exports', and the ones jobs open) in
+    /// it takes: BlockBackends (the devices', the exports', and the ones jobs open) in
     /// creation order, and each block job (newest first) with the nodes it
     /// holds. In 5.2 a job also has a BlockBackend of its own on its main
     /// node (`job->blk`), which carries the permissions later versions put
@@ -1167,19 +1230,26 @@ impl Machine {
         };
         let inert = Perms::inert(v);
         let mut users = perms::Users::default();
-        // (creation order, backends): exports' and jobs' interleaved.
+        // (creation order, backends): devices', exports' and jobs'
+        // interleaved.
         let mut made: Vec<(u64, Vec<Backend>)> = Vec::new();
         for (owner, node) in self.graph.backends() {
-            let writable = self
-                .exports
-                .newest_first()
-                .any(|e| e.writable && exports::backend_owner(&e.id) == owner);
+            let perms = match self.graph.device_perms(owner) {
+                Some(d) => p(d.perm, d.shared),
+                None => {
+                    let writable = self
+                        .exports
+                        .newest_first()
+                        .any(|e| e.writable && exports::backend_owner(&e.id) == owner);
+                    perms::export_root(writable, v)
+                }
+            };
             made.push((
                 self.graph.backend_seq(owner),
                 vec![Backend {
                     owner: owner.to_owned(),
                     node,
-                    perms: perms::export_root(writable, v),
+                    perms,
                 }],
             ));
         }
@@ -1336,6 +1406,8 @@ impl Machine {
     pub fn request_quit(&mut self, emits_shutdown: bool, reason: &'static str) {
         self.quit_requested = true;
         self.run_state = RunState::Shutdown;
+        // The process closes every node as it exits.
+        self.graph.close_all();
         if emits_shutdown {
             self.emit(ModelEvent::Shutdown {
                 guest: false,
@@ -1398,6 +1470,16 @@ impl Machine {
     /// The NBD server and exports, for changes.
     pub fn exports_mut(&mut self) -> &mut exports::Exports {
         &mut self.exports
+    }
+
+    /// The guest devices.
+    pub fn devices(&self) -> &devices::Devices {
+        &self.devices
+    }
+
+    /// The guest devices, to change.
+    pub fn devices_mut(&mut self) -> &mut devices::Devices {
+        &mut self.devices
     }
 
     /// Graph and exports together (export changes touch both).

@@ -132,6 +132,17 @@ pub fn export_root(writable: bool, v: Version) -> Perms {
     }
 }
 
+/// A disk's BlockBackend (`blkconf_apply_backend_options`): reads, writes
+/// unless the disk is read-only (its node is: `blk_supports_write_perm`);
+/// shares reads, unchanged writes and graph changes, resizes if the device
+/// copes with them (virtio-blk and scsi-hd do), and writes with `share-rw`.
+pub fn device_root(read_only: bool, resizable: bool, share_rw: bool, v: Version) -> Perms {
+    Perms {
+        perm: R | if read_only { 0 } else { W },
+        shared: (R | U | G | if resizable { Z } else { 0 } | if share_rw { W } else { 0 }) & all(v),
+    }
+}
+
 /// The permissions `bdrv_default_perms_for_storage` gives a format node's
 /// file child (`metadata`: it holds the format's metadata, as qcow2's
 /// `file`), from the parent's cumulative `parent` permissions.

@@ -32,6 +32,18 @@ impl ErrorClass {
             ErrorClass::KVMMissingCap => "KVMMissingCap",
         }
     }
+
+    /// The class a wire name stands for.
+    pub fn from_name(name: &str) -> Option<ErrorClass> {
+        Some(match name {
+            "GenericError" => ErrorClass::GenericError,
+            "CommandNotFound" => ErrorClass::CommandNotFound,
+            "DeviceNotActive" => ErrorClass::DeviceNotActive,
+            "DeviceNotFound" => ErrorClass::DeviceNotFound,
+            "KVMMissingCap" => ErrorClass::KVMMissingCap,
+            _ => return None,
+        })
+    }
 }
 
 /// An error reply as QEMU would send it.
