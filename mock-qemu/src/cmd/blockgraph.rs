@@ -4,7 +4,7 @@
 //!
 //! QEMU numbers the objects in the order it first meets them (a hash of
 //! pointers, `xdbg_graph_node_num`, counting from 1): the BlockBackends in
-//! creation order, each with its root edge; the block jobs (newest first),
+//! creation order (devices', exports', jobs'), each with its root edge; the block jobs (newest first),
 //! each with the nodes it holds (newest first); then the nodes in the
 //! order they were named, each with its children (newest first). A child
 //! met on an edge is numbered there. Nodes and edges are prepended as they
@@ -73,9 +73,15 @@ impl XDebugQueryBlockGraph {
         let perms = PermGraph::new(graph, &users, v);
         let mut n = Numbering::default();
         for (i, b) in users.backends.iter().enumerate() {
-            // Anonymous BlockBackends (exports', jobs') have no name and
-            // no attached device.
-            n.add_node(Key::Backend(i), "block-backend", "");
+            // blk_name(), else blk_get_attached_dev_id(): a device's
+            // BlockBackend is named by the device's id or QOM path (a
+            // virtio-blk-pci's belongs to its id-less virtio-backend
+            // child); exports' and jobs' have no name and no device.
+            let name = b
+                .owner
+                .strip_prefix(crate::model::devices::BACKEND_PREFIX)
+                .unwrap_or("");
+            n.add_node(Key::Backend(i), "block-backend", name);
             n.add_edge(Key::Backend(i), b.node, "root", b.perms);
         }
         for (i, j) in users.jobs.iter().enumerate() {
