@@ -554,6 +554,26 @@ mod tests {
                 ("top.backing", "R", "RWUZ"),
             ],
         );
+        // A disk writing top (no share-rw): nobody else may write under
+        // it, down the backing chain too; with share-rw they may.
+        check(
+            Version::V10_0,
+            &[device_root(false, true, false, Version::V10_0)],
+            &[
+                ("base.file", "R", "RU"),
+                ("top.file", "RWZ", "RU"),
+                ("top.backing", "R", "RU"),
+            ],
+        );
+        check(
+            Version::V10_0,
+            &[device_root(false, true, true, Version::V10_0)],
+            &[
+                ("base.file", "R", "RU"),
+                ("top.file", "RWZ", "RU"),
+                ("top.backing", "R", "RWUZ"),
+            ],
+        );
         // A user that shares only unchanged writes (a mirror target):
         // top's file is not shared for reading, its backing not for writing.
         check(
