@@ -37,13 +37,8 @@ import sys
 import tempfile
 import time
 
-QEMU_CONF = """user = "root"
-group = "root"
-cgroup_controllers = []
-security_driver = "none"
-namespaces = []
-stdio_handler = "file"
-"""
+from common import DOMAIN_XML, QEMU_CONF
+
 
 VIRSH_TIMEOUT = 120
 
@@ -225,24 +220,6 @@ def check_virsh(base, version, mock_emu, real_emu):
     return f"{len(VIRSH_OPS)} virsh commands, same output as real {version} (mock {took:.1f} s, real {real_took:.1f} s)"
 
 
-DOMAIN_XML = """<domain type='qemu'>
-  <name>ops</name>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
-  <features><acpi/></features>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <emulator>{emulator}</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{dir}/disk.qcow2'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
 
 
 def start_time(base, emulator):

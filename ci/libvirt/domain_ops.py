@@ -34,14 +34,9 @@ import time
 
 import libvirt
 
+from common import DOMAIN_XML, QEMU_CONF
+
 DEADLINE = 60.0
-QEMU_CONF = """user = "root"
-group = "root"
-cgroup_controllers = []
-security_driver = "none"
-namespaces = []
-stdio_handler = "file"
-"""
 
 
 def say(step, **what):
@@ -147,23 +142,7 @@ def main():
     conn = libvirt.open(f"qemu:///embed?root={root}")
     conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, on_block_job, None)
     dom = None
-    xml = f"""<domain type='qemu'>
-  <name>ops</name>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
-  <features><acpi/></features>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <emulator>{emulator}</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{img}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
-  </devices>
-</domain>"""
+    xml = DOMAIN_XML.format(emulator=emulator, dir=workdir)
     try:
         for step in steps:
             try:

@@ -8,6 +8,15 @@ use super::{not_implemented, parse_args, Context, Return};
 use crate::qmp::error::QmpError;
 use crate::qmp::qobject::{QDict, QObject};
 
+/// What the recorded build answered to `name` without arguments: the facts
+/// a modelled query starts from.
+fn recorded(ctx: &Context<'_>, name: &str) -> Result<QObject, QmpError> {
+    match ctx.profile.replies().lookup(name, &serde_json::Value::Null) {
+        Some(r) => r,
+        None => Err(not_implemented(ctx.profile, name)),
+    }
+}
+
 /// `query-chardev`: the monitors' character devices.
 #[derive(Debug)]
 pub struct QueryChardev;
@@ -38,11 +47,7 @@ pub struct QueryMigrateCapabilities;
 
 impl QueryMigrateCapabilities {
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
-        let name = "query-migrate-capabilities";
-        let base = match ctx.profile.replies().lookup(name, &serde_json::Value::Null) {
-            Some(r) => r?,
-            None => return Err(not_implemented(ctx.profile, name)),
-        };
+        let base = recorded(ctx, "query-migrate-capabilities")?;
         let set = &ctx.machine.vm().migrate_caps;
         let QObject::List(items) = base else {
             return Ok(base);
@@ -97,12 +102,7 @@ pub struct QueryKvm;
 
 impl QueryKvm {
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
-        let name = "query-kvm";
-        let base = match ctx.profile.replies().lookup(name, &serde_json::Value::Null) {
-            Some(r) => r?,
-            None => return Err(not_implemented(ctx.profile, name)),
-        };
-        match base {
+        match recorded(ctx, "query-kvm")? {
             QObject::Dict(mut d) => {
                 let present = d.get("present").and_then(|p| match p {
                     QObject::Bool(b) => Some(*b),

@@ -1,0 +1,30 @@
+"""What check.py and domain_ops.py share: the embedded driver's qemu.conf
+and the small domain both drive (one qcow2 disk on virtio-blk).
+"""
+
+QEMU_CONF = """user = "root"
+group = "root"
+cgroup_controllers = []
+security_driver = "none"
+namespaces = []
+stdio_handler = "file"
+"""
+
+DOMAIN_XML = """<domain type='qemu'>
+  <name>ops</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <features><acpi/></features>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>{emulator}</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{dir}/disk.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
