@@ -1547,6 +1547,13 @@ impl Harness {
         let request = Request::of(&item);
         let block = command != "blockdev-create";
         let d = self.core.handle(self.sid, item);
+        if std::env::var_os("BLOCKOPS_TRACE").is_some() {
+            // Reproducing a finding: the conversation, as a scenario would show it.
+            eprintln!("-> {text}");
+            for line in d.events.iter().chain(&d.reply).chain(&d.after) {
+                eprintln!("<- {line}");
+            }
+        }
         let mut created = Vec::new();
         for line in &d.events {
             self.event(line, "event", block, &mut created);

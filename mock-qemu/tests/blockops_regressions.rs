@@ -550,3 +550,39 @@ fn a_tiny_speed_still_moves_a_byte_per_slice() {
         assert_eq!(statuses(&events), ["ready"], "{v:?}");
     }
 }
+
+/// Finding 16 (after filters began to wait for their job's dismissal): a
+/// concluded stream (auto-dismiss off) holds its named copy-on-read filter
+/// out of the graph; an export of that filter node itself, then
+/// `job-dismiss`, dropped the filter under the export (the export pointed
+/// at a node that no longer existed). Real 7.2 and 10.0 crash on this
+/// graph; the mock keeps the filter while the export holds it, as
+/// reference counting would. Reproducer:
+/// fuzz/regressions/blockops/export-of-a-held-stream-filter.
+#[test]
+fn a_dismissed_jobs_filter_stays_while_an_export_holds_it() {
+    for v in [Version::V7_2, Version::V10_0] {
+        let mut s = Session::new(v);
+        s.null("n5");
+        s.ok(json!({"execute": "nbd-server-start", "arguments": {
+            "addr": {"type": "unix", "data": {"path": "/nonexistent/nbd.sock"}}}}));
+        let events = s.ok(json!({"execute": "block-stream", "arguments": {
+            "job-id": "j2", "device": "n5", "filter-node-name": "f", "auto-dismiss": false}}));
+        assert_eq!(statuses(&events).last(), Some(&"concluded"), "{v:?}");
+        s.ok(json!({"execute": "nbd-server-add", "arguments": {"device": "f", "name": "e1"}}));
+        s.ok(json!({"execute": "job-dismiss", "arguments": {"id": "j2"}}));
+        let (_, r) = s.cmd(json!({"execute": "query-block-exports"}));
+        assert_eq!(r["return"][0]["node-name"], "f", "{v:?}");
+        let m = s.core.machine();
+        let record = m.exports().newest_first().next().map(|e| e.node);
+        assert!(
+            record.is_some_and(|n| m.graph().node(n).is_some()),
+            "{v:?}: export on a live node"
+        );
+        s.assert_graph_sound();
+        // Once the export lets go, the filter goes too and its name is free.
+        s.ok(json!({"execute": "nbd-server-remove", "arguments": {"name": "e1"}}));
+        s.null("f");
+        s.assert_graph_sound();
+    }
+}

@@ -571,13 +571,19 @@ impl Machine {
         };
         self.emit_at(event, after_reply);
         if to == JobStatus::Null {
-            // A filter the concluded job still held goes with it.
+            // A filter the concluded job still held goes with it, unless
+            // something took it meanwhile (an export of the filter node
+            // itself): the job drops its reference and the node lives on,
+            // as reference counting has it (real 7.2/10.0 crash on such a
+            // graph; the mock must stay consistent).
             let kept = self
                 .job(id)
                 .and_then(|j| j.filter)
                 .filter(|f| self.graph.node(*f).is_some());
             if let Some(f) = kept {
-                self.graph.remove_filter(f, None);
+                if !self.graph.is_held(f) {
+                    self.graph.remove_filter(f, None);
+                }
                 self.graph_generation += 1;
             }
             self.jobs.retain(|j| j.id != id);
