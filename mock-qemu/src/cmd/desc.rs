@@ -40,6 +40,13 @@ pub fn node_lookup(v: Version, device: &str, node: &str) -> QmpError {
     })
 }
 
+/// `qmp_get_root_bs()`: a mirror's source (and an internal snapshot's
+/// node) must have no node above it; BlockBackends (exports, devices) do
+/// not count.
+pub fn not_a_root_node() -> QmpError {
+    QmpError::generic("Need a root block node")
+}
+
 /// The error a mirror job fails with when source and target sizes differ
 /// (5.2 only had the errno text).
 pub fn mirror_size_mismatch(v: Version) -> String {

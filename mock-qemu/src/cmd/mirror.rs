@@ -37,13 +37,16 @@ impl Mirror {
     pub(super) fn apply(self, ctx: &mut Context<'_>) -> Result<Return, QmpError> {
         let a = &self.args;
         let sync = a.get_str("sync").unwrap_or("full").to_owned();
+        // qmp_get_root_bs(): the source first, then the target.
+        let src = super::jobs::lookup(ctx, a, "device")?;
+        if ctx.machine.graph().has_node_parent(src) {
+            return Err(super::desc::not_a_root_node());
+        }
         let (src, dst, zeroed) = if self.drive {
-            let src = super::jobs::lookup(ctx, a, "device")?;
             let t = open_target(ctx, a, src, &sync, false)?;
             (src, t.node, t.created)
         } else {
-            let (s, d) = super::jobs::source_and_target(ctx, a)?;
-            (s, d, false)
+            (src, super::jobs::lookup(ctx, a, "target")?, false)
         };
         let r = self.start(ctx, src, dst, &sync, zeroed);
         release_on_error(ctx, self.drive.then_some(dst), r)

@@ -416,6 +416,12 @@ impl Graph {
         self.nodes.is_empty()
     }
 
+    /// Whether a node (not a BlockBackend) holds `id` as a child
+    /// (`!bdrv_is_root_node()`).
+    pub fn has_node_parent(&self, id: NodeId) -> bool {
+        self.parent_of(id).is_some()
+    }
+
     /// The first parent (in creation order) holding `id` as a child.
     fn parent_of(&self, id: NodeId) -> Option<&Node> {
         self.nodes
