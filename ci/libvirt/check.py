@@ -193,7 +193,8 @@ def check_virsh(base, version, mock_emu, real_emu):
     def run(emulator):
         work = tempfile.mkdtemp(prefix="virsh-", dir=base)
         try:
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", f"{work}/disk.qcow2", "64M"], check=True)
+            for name, size in (("disk", "64M"), ("data", "32M")):
+                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", f"{work}/{name}.qcow2", size], check=True)
             with open(f"{work}/dom.xml", "w") as f:
                 f.write(DOMAIN_XML.format(emulator=emulator, dir=work))
             with open(f"{work}/backup.xml", "w") as f:

@@ -1,5 +1,6 @@
 """What check.py and domain_ops.py share: the embedded driver's qemu.conf
-and the small domain both drive (one qcow2 disk on virtio-blk).
+and the small domain both drive (two qcow2 disks on virtio-blk: vda, which
+the operations work on, and vdb, which rides along).
 """
 
 QEMU_CONF = """user = "root"
@@ -22,6 +23,11 @@ DOMAIN_XML = """<domain type='qemu'>
       <driver name='qemu' type='qcow2'/>
       <source file='{dir}/disk.qcow2'/>
       <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{dir}/data.qcow2'/>
+      <target dev='vdb' bus='virtio'/>
     </disk>
     <controller type='usb' model='none'/>
     <memballoon model='none'/>

@@ -57,13 +57,14 @@ def chain(workdir, path):
     return out
 
 
-def disk_source(dom, workdir):
+def disk_source(dom, workdir, target="vda"):
     import xml.etree.ElementTree as ET
     x = ET.fromstring(dom.XMLDesc(0))
-    src = x.find("./devices/disk/source")
+    node = next((d for d in x.findall("./devices/disk")
+                 if d.find("target") is not None and d.find("target").get("dev") == target), None)
+    src = node.find("source") if node is not None else None
     f = src.get("file") if src is not None else None
     names = []
-    node = x.find("./devices/disk")
     while node is not None:
         s = node.find("source")
         if s is None:
@@ -113,7 +114,9 @@ def forget_events():
 
 def observe(step, dom, workdir, extra=None):
     top, libvirt_chain = disk_source(dom, workdir)
+    data_top, data_chain = disk_source(dom, workdir, "vdb")
     say(step, libvirt=libvirt_chain, disk=chain(workdir, top),
+        vdb=data_chain, vdb_disk=chain(workdir, data_top),
         state=dom.state()[0], **(extra or {}))
 
 
@@ -130,6 +133,8 @@ def main():
         f.write(QEMU_CONF)
     img = os.path.join(workdir, "disk.qcow2")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", img, "64M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", os.path.join(workdir, "data.qcow2"), "32M"],
+                   check=True)
 
     libvirt.virEventRegisterDefaultImpl()
     stop = threading.Event()
