@@ -94,6 +94,11 @@ pub struct Config {
     /// Accelerators to try, in order (`-accel`, `-machine accel=a:b`,
     /// `-enable-kvm`); empty: QEMU's default, `tcg`.
     pub accel: Vec<String>,
+    /// `-cpu MODEL[,…]`: the model (`None`: the machine's default).
+    pub cpu: Option<String>,
+    /// `-smp`: the vCPUs at start (`cpus=`, or the product of the
+    /// topology given; `None`: 1).
+    pub smp: Option<u64>,
 }
 
 /// A command line QEMU would refuse.
@@ -121,8 +126,6 @@ impl From<ProfileError> for CmdlineError {
 pub const IGNORED_WITH_ARG: &[&str] = &[
     "display",
     "m",
-    "smp",
-    "cpu",
     "boot",
     "rtc",
     "global",
@@ -570,6 +573,22 @@ pub fn parse(
                 }
                 cfg.ignored.push(format!("-{name} {v}"));
             }
+            "cpu" => {
+                system_hint = true;
+                let v = value(name)?;
+                cfg.cpu = v.split(',').next().map(str::to_owned);
+            }
+            "smp" => {
+                system_hint = true;
+                let v = value(name)?;
+                let opts = parse_opts(&v, "cpus");
+                let n = |k: &str| get(&opts, k).and_then(|x| x.parse::<u64>().ok());
+                cfg.smp = n("cpus").or_else(|| {
+                    let parts = ["sockets", "dies", "clusters", "cores", "threads"];
+                    let given: Vec<u64> = parts.iter().filter_map(|k| n(k)).collect();
+                    (!given.is_empty()).then(|| given.iter().product())
+                });
+            }
             "accel" => {
                 system_hint = true;
                 let v = value(name)?;
@@ -712,6 +731,16 @@ mod tests {
             p(&["--bogus"]).unwrap_err(),
             CmdlineError::Getopt("unrecognized option '--bogus'".into())
         );
+    }
+
+    #[test]
+    fn cpu_model_and_vcpu_count() {
+        let c = p(&["-cpu", "qemu64", "-smp", "1,sockets=1,cores=1,threads=1"]).unwrap();
+        assert_eq!((c.cpu.as_deref(), c.smp), (Some("qemu64"), Some(1)));
+        let c = p(&["-cpu", "host,migratable=on", "-smp", "sockets=2,cores=2"]).unwrap();
+        assert_eq!((c.cpu.as_deref(), c.smp), (Some("host"), Some(4)));
+        let c = p(&["-S"]).unwrap();
+        assert_eq!((c.cpu, c.smp), (None, None));
     }
 
     #[test]

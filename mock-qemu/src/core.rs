@@ -215,6 +215,15 @@ impl Core {
         self.machine
             .devices_mut()
             .set_guest_unplug(cfg.guest_unplug);
+        let recorded_cpu = matches!(cfg.cpu.as_deref(), None | Some("qemu64"));
+        let one_vcpu = matches!(cfg.smp, None | Some(1));
+        self.machine.vm_mut().vcpus_unrecorded = (!recorded_cpu || !one_vcpu).then(|| {
+            format!(
+                "-cpu {} -smp {}",
+                cfg.cpu.as_deref().unwrap_or("qemu64"),
+                cfg.smp.unwrap_or(1)
+            )
+        });
         let dash = if cfg.flavor == crate::profile::Flavor::Qsd {
             "--"
         } else {

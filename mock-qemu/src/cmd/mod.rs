@@ -154,11 +154,19 @@ pub fn execute(
         _ => {
             let replies = ctx.profile.replies();
             let machine = || {
-                ctx.machine
+                let answer = ctx
+                    .machine
                     .devices()
                     .has_cpus()
                     .then(|| replies.lookup_machine(name, &args))
-                    .flatten()
+                    .flatten()?;
+                Some(match &ctx.machine.vm().vcpus_unrecorded {
+                    None => answer,
+                    Some(line) => Err(QmpError::generic(format!(
+                        "mock-qemu: '{name}' about vCPUs is answered from the recorded machine \
+                         (one qemu64 vCPU); this one has {line}"
+                    ))),
+                })
             };
             match replies.lookup(name, &args).or_else(machine) {
                 Some(recorded) => recorded,

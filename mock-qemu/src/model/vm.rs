@@ -24,4 +24,8 @@ pub struct Vm {
     /// The guest runs under KVM (`query-kvm` `enabled`): an accelerator
     /// choice the command line made on this host.
     pub kvm: bool,
+    /// The command line asked for vCPUs other than the recorded ones (one
+    /// `qemu64`): `Some("-cpu X -smp N")`, and their answers are refused
+    /// rather than guessed.
+    pub vcpus_unrecorded: Option<String>,
 }
