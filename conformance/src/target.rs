@@ -505,6 +505,29 @@ impl Target for Socket {
     }
 }
 
+/// The mock-qemu binary a test should launch: `$MOCK_QEMU_BIN`, else the
+/// one cargo built next to the running test executable (`cargo test
+/// --workspace` builds it); an error says how to build it.
+pub fn built_mock_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("MOCK_QEMU_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("mock-qemu"))
+        .ok_or("no target dir")?;
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} is not built: run `cargo build -p mock-qemu` (or `cargo test --workspace`)",
+            p.display()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

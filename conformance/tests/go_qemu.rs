@@ -41,21 +41,6 @@ fn client() -> Option<PathBuf> {
     None
 }
 
-/// The mock-qemu binary next to this test (see tests/replay.rs).
-fn mock_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("MOCK_QEMU_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("mock-qemu");
-    assert!(
-        p.exists(),
-        "{} is not built: run `cargo build -p mock-qemu`",
-        p.display()
-    );
-    p
-}
-
 /// Runs the client against a launched program: its stdout, or a panic
 /// with its stderr.
 fn session(client: &Path, spec: LaunchSpec) -> String {
@@ -96,7 +81,7 @@ fn session(client: &Path, spec: LaunchSpec) -> String {
 fn on_mock(client: &Path, version: Version, flavor: Flavor) -> String {
     session(
         client,
-        LaunchSpec::mock_binary(&mock_binary(), version, flavor),
+        LaunchSpec::mock_binary(&mock_qemu_bin(), version, flavor),
     )
 }
 
@@ -147,4 +132,8 @@ fn go_qemu_prints_the_same_on_the_mock_and_on_real_qsd_10_0() {
     let mock = on_mock(&client, Version::V10_0, Flavor::Qsd);
     let qsd = session(&client, LaunchSpec::real_qemu(&real, Flavor::Qsd));
     assert_eq!(mock, qsd);
+}
+
+fn mock_qemu_bin() -> PathBuf {
+    conformance::target::built_mock_binary().unwrap_or_else(|e| panic!("{e}"))
 }

@@ -20,18 +20,6 @@ fn repo() -> PathBuf {
         .to_owned()
 }
 
-/// The mock-qemu binary cargo built next to this test.
-fn mock_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("MOCK_QEMU_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test executable");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("mock-qemu"))
-        .expect("target dir")
-}
-
 fn have_libvirt() -> bool {
     let virsh = Command::new("virsh")
         .arg("--version")
@@ -50,7 +38,7 @@ fn check(profile: &str, only: &str) -> Result<String, String> {
     let mut cmd = Command::new("/usr/bin/python3");
     cmd.arg(repo().join("ci/libvirt/check.py"))
         .arg("--mock")
-        .arg(mock_binary())
+        .arg(mock_qemu_bin())
         .args(["--profiles", profile, "--only", only]);
     let real = match profile {
         "7.2" => std::env::var_os("QEMU_SYS_7_2"),
@@ -100,7 +88,7 @@ fn run(profile: &str, only: &str) {
         return;
     }
     assert!(
-        mock_binary().exists(),
+        mock_qemu_bin().exists(),
         "build mock-qemu first (cargo build -p mock-qemu)"
     );
     match check(profile, only) {
@@ -140,4 +128,8 @@ fn virsh_domain_operations_7_2() {
 #[test]
 fn virsh_domain_operations_10_0() {
     run("10.0", "virsh");
+}
+
+fn mock_qemu_bin() -> PathBuf {
+    conformance::target::built_mock_binary().unwrap_or_else(|e| panic!("{e}"))
 }

@@ -52,21 +52,6 @@ fn qmp_shell() -> Option<PathBuf> {
     None
 }
 
-/// The mock-qemu binary next to this test (see tests/replay.rs).
-fn mock_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("MOCK_QEMU_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("mock-qemu");
-    assert!(
-        p.exists(),
-        "{} is not built: run `cargo build -p mock-qemu`",
-        p.display()
-    );
-    p
-}
-
 /// One line of the script.
 enum Step {
     /// A line typed at the prompt; its printed output is kept.
@@ -247,7 +232,7 @@ fn launched(spec: LaunchSpec) -> (tokio::runtime::Runtime, Process) {
 
 fn on_mock(shell: &Path) -> Session {
     let (_rt, p) = launched(LaunchSpec::mock_binary(
-        &mock_binary(),
+        &mock_qemu_bin(),
         Version::V10_0,
         Flavor::Qsd,
     ));
@@ -364,4 +349,8 @@ fn timestamps_are_masked() {
         mask("{'timestamp': {'seconds': 1795656036, 'microseconds': 880097}, 'event': 'X'}"),
         "{'timestamp': {'seconds': N, 'microseconds': N}, 'event': 'X'}"
     );
+}
+
+fn mock_qemu_bin() -> PathBuf {
+    conformance::target::built_mock_binary().unwrap_or_else(|e| panic!("{e}"))
 }

@@ -63,28 +63,6 @@ fn real_binary(version: Version, flavor: Flavor) -> Option<PathBuf> {
         .filter(|p| p.exists())
 }
 
-/// The mock-qemu binary: `$MOCK_QEMU_BIN`, else the one cargo built next to
-/// this test (`cargo test --workspace` builds it for mock-qemu's own tests).
-fn mock_binary() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("MOCK_QEMU_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("mock-qemu"))
-        .ok_or("no target dir")?;
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(format!(
-            "{} is not built: run `cargo build -p mock-qemu` (or `cargo test --workspace`)",
-            p.display()
-        ))
-    }
-}
-
 fn run(
     kind: Kind,
     version: Version,
@@ -104,7 +82,11 @@ fn run(
                 PlayOptions::default(),
             ),
             Kind::MockBin => {
-                let spec = LaunchSpec::mock_binary(&mock_binary()?, version, flavor);
+                let spec = LaunchSpec::mock_binary(
+                    &conformance::target::built_mock_binary()?,
+                    version,
+                    flavor,
+                );
                 (
                     Box::new(Process::launch(spec).await.map_err(|e| format!("{e:#}"))?),
                     Mode::Bytes,
